@@ -1,0 +1,109 @@
+/*
+ * pyllm.h -- the whole C ABI of pyllm's kernels.
+ *
+ * Everything between CDEF-BEGIN and CDEF-END is read verbatim by cffi (pyllm/_build.py), so it holds
+ * only plain declarations and integer #defines.
+ *
+ * Conventions (see also ../shared-style notes in DESIGN.md):
+ *   - float32, row-major (C order) everywhere; token ids are int32.
+ *   - Dimension legend: B batch, T time, C channels, NH heads, hd = C/NH head size, V vocabulary,
+ *     OC output channels, N = B*T flattened rows, n a flat element count.
+ *   - Argument order: outputs first, then inputs, then sizes (as llm.c).
+ *   - *_backward kernels ADD into every gradient they write (callers zero them first), except
+ *     crossentropy_backward, which starts the backward pass and overwrites dlogits.
+ *   - A gradient pointer may be NULL to skip computing that gradient.
+ *   - Every kernel returns PYLLM_OK (0) or a negative status; none prints, exits or allocates
+ *     Python objects. The Python layer checks every argument before calling, so a non-zero status
+ *     means a bug in that layer; it is turned into an exception all the same.
+ *   - Results are bit-identical for any thread count: work is split over independent outputs and
+ *     every reduction runs in a fixed order inside one thread.
+ */
+#ifndef PYLLM_H
+#define PYLLM_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+#define PYLLM_ABI_VERSION 1
+#define PYLLM_OK 0
+#define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
+#define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
+#define PYLLM_ERR_NULL -3   /* a required pointer is NULL */
+
+/* runtime.c */
+int pyllm_abi_version(void);
+int pyllm_has_openmp(void);
+int pyllm_get_num_threads(void);
+int pyllm_set_num_threads(int n);
+int pyllm_simd_level(void);             /* 0: portable C, 1: AVX2+FMA micro-kernels in use */
+int pyllm_set_simd_level(int level);    /* force portable (0) or best available (1); returns level */
+
+/* embedding.c: out (B,T,C) = wte[idx] + wpe[pos0 + t]; idx (B,T); wte (V,C); wpe (maxT,C) */
+int encoder_forward(float *out, const int32_t *idx, const float *wte, const float *wpe,
+                    int B, int T, int C, int V, int maxT, int pos0);
+/* dwte (V,C) += scatter of dout (B,T,C) by idx; dwpe (maxT,C) rows 0..T-1 += sum over B */
+int encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *idx,
+                     int B, int T, int C, int V, int maxT);
+
+/* layernorm.c: inp, out (N,C); weight, bias (C); mean, rstd (N) may be NULL in forward */
+int layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                      const float *weight, const float *bias, int N, int C);
+int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight, const float *mean,
+                       const float *rstd, int N, int C);
+
+/* matmul.c: out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC); bias may be NULL */
+int matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                   int N, int C, int OC);
+/* dinp (N,C) += dout @ weight^T; dweight (C,OC) += inp^T @ dout; dbias (OC) += sum_N dout */
+int matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const float *inp, const float *weight, int N, int C, int OC);
+/* c (M,N) = op(a) (M,K) @ op(b) (K,N) (+ c when accumulate); a is stored (K,M) when trans_a,
+   b is stored (N,K) when trans_b */
+int gemm(float *c, const float *a, const float *b, int M, int N, int K,
+         int trans_a, int trans_b, int accumulate);
+
+/* gelu.c (tanh approximation): out, inp (n) */
+int gelu_forward(float *out, const float *inp, int64_t n);
+int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+
+/* residual.c: out = inp1 + inp2; backward dinp1 += dout, dinp2 += dout (n) */
+int residual_forward(float *out, const float *inp1, const float *inp2, int64_t n);
+int residual_backward(float *dinp1, float *dinp2, const float *dout, int64_t n);
+
+/* softmax.c: softmax over the last axis of (N,V) */
+int softmax_forward(float *out, const float *inp, int N, int V);
+int softmax_backward(float *dinp, const float *dout, const float *out, int N, int V);
+/* losses (N) = logsumexp(logits) - logits[target]; logits (N,V); targets (N) */
+int crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V);
+/* dlogits (N,V) = (softmax(logits) - onehot(target)) * scale; dlogits may alias logits */
+int crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets,
+                          float scale, int N, int V);
+
+/* attention.c: causal multi-head self-attention.
+   qkv (B,T,3C) holds q | k | v; out (B,T,C); lse (B,NH,T) the log-sum-exp of each query's
+   scaled scores, saved for the backward pass (which recomputes the probabilities). */
+int attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH);
+/* dqkv (B,T,3C) += gradient; dout, out (B,T,C); lse (B,NH,T) */
+int attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                       const float *lse, int B, int T, int C, int NH);
+/* one decode step at position pos: qkv (B,3C) of the new token; kcache, vcache (B,NH,maxT,hd)
+   get its k, v at pos; out (B,C) attends over positions 0..pos */
+int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,
+                     int B, int pos, int maxT, int C, int NH);
+
+/* adamw.c: one AdamW step over n parameters (bias-corrected moments, decoupled weight decay) */
+int adamw_update(float *params, const float *grads, float *m, float *v, int64_t n, float lr,
+                 float beta1, float beta2, float eps, float weight_decay, int step);
+/* *out = sum of x[i]^2, accumulated in double in a fixed order */
+int norm_squared(double *out, const float *x, int64_t n);
+/* x *= s */
+int scale_inplace(float *x, float s, int64_t n);
+/* CDEF-END */
+
+/* internal helpers shared by the kernel files (not part of the cffi ABI) */
+int pyllm_nthreads(void);
+void pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a,
+                 const float *b, int ldb, int trans_b, float *c, int ldc, int accumulate);
+
+#endif /* PYLLM_H */

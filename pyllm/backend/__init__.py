@@ -1,0 +1,146 @@
+"""Backend choice: ``"c"`` (the compiled kernels) or ``"numpy"`` (the readable specification).
+
+The start value comes from ``PYLLM_BACKEND=auto|c|numpy`` (default ``auto``): ``auto`` uses C when
+the extension imports and otherwise warns once, naming the reason, and uses NumPy; an explicit
+``c`` that cannot be honoured raises :class:`BackendUnavailable`.
+
+``ops`` is the object the rest of pyllm calls kernels through (``ops.layernorm_forward(...)``); it
+forwards to whichever backend is current. Threads: ``PYLLM_NUM_THREADS``, else
+``OMP_NUM_THREADS``, else the number of CPUs this process may use.
+"""
+import os
+import warnings
+
+from . import numpy as _numpy_backend
+
+BACKENDS = ("c", "numpy")
+
+_c_backend = None
+_c_error = None
+try:
+    from . import c as _c_backend
+except ImportError as exc:  # extension not built, or built for another Python
+    _c_error = "%s: %s" % (type(exc).__name__, exc)
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot be used on this installation."""
+
+
+_state = {"name": None, "reason": "", "threads": None}
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def c_unavailable_reason():
+    """Why the C backend cannot be used, or ``None`` when it can."""
+    return None if _c_backend is not None else _c_error
+
+
+def available_backends():
+    """The backend names usable here, best first."""
+    return ("c", "numpy") if _c_backend is not None else ("numpy",)
+
+
+def get_backend():
+    """The name of the backend in use: ``"c"`` or ``"numpy"``."""
+    return _state["name"]
+
+
+def backend_reason():
+    """A sentence saying why the current backend was chosen."""
+    return _state["reason"]
+
+
+def set_backend(name):
+    """Switch the backend: ``"c"``, ``"numpy"`` or ``"auto"`` (C when available)."""
+    if not isinstance(name, str):
+        raise TypeError("backend name must be a str, got %s" % type(name).__name__)
+    name = name.strip().lower()
+    if name not in BACKENDS + ("auto",):
+        raise ValueError("unknown backend %r; choose one of 'auto', 'c', 'numpy'" % name)
+    if name == "c" and _c_backend is None:
+        raise BackendUnavailable("the C backend was requested but the extension pyllm._ckernels "
+                                 "cannot be imported (%s); reinstall with a C compiler, or use "
+                                 "the NumPy backend" % _c_error)
+    if name == "auto":
+        if _c_backend is not None:
+            _state.update(name="c", reason="auto: the C extension imported")
+        else:
+            if _state["name"] is None or _state["name"] == "c":
+                warnings.warn("pyllm: C extension unavailable (%s); using the NumPy backend, which "
+                              "is much slower" % _c_error, RuntimeWarning, stacklevel=2)
+            _state.update(name="numpy", reason="auto: C extension unavailable (%s)" % _c_error)
+    else:
+        _state.update(name=name, reason="requested explicitly")
+    return _state["name"]
+
+
+def get_num_threads():
+    """Threads the C kernels use (1 on the NumPy backend's side of things is NumPy's own choice)."""
+    return _state["threads"]
+
+
+def set_num_threads(n):
+    """Set the number of OpenMP threads the C kernels use (an int >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError("number of threads must be an int, got %s" % type(n).__name__)
+    n = int(n)
+    if n < 1:
+        raise ValueError("number of threads must be >= 1, got %d" % n)
+    if _c_backend is not None:
+        _c_backend.set_num_threads(n)
+        n = _c_backend.get_num_threads()  # 1 when built without OpenMP
+    _state["threads"] = n
+
+
+def _default_threads():
+    for var in ("PYLLM_NUM_THREADS", "OMP_NUM_THREADS"):
+        val = os.environ.get(var, "").split(",")[0].strip()
+        if val:
+            try:
+                n = int(val)
+            except ValueError:
+                raise ValueError("%s must be a positive integer, got %r" % (var, val)) from None
+            if n < 1:
+                raise ValueError("%s must be a positive integer, got %r" % (var, val))
+            return n
+    return _cpu_count()
+
+
+def _module():
+    return _c_backend if _state["name"] == "c" else _numpy_backend
+
+
+class _Ops:
+    """Forwards ``ops.<kernel>`` to the current backend module."""
+
+    def __getattr__(self, name):
+        return getattr(_module(), name)
+
+    def __dir__(self):
+        return [n for n in dir(_numpy_backend) if n.endswith(("_forward", "_backward", "_update"))
+                or n in ("gemm", "attention_decode", "norm_squared", "scale_inplace")]
+
+
+ops = _Ops()
+
+
+def backend_module(name):
+    """The module implementing backend ``name`` (for tests and benchmarks)."""
+    if name == "numpy":
+        return _numpy_backend
+    if name == "c":
+        if _c_backend is None:
+            raise BackendUnavailable("C backend unavailable: %s" % _c_error)
+        return _c_backend
+    raise ValueError("unknown backend %r" % (name,))
+
+
+set_backend(os.environ.get("PYLLM_BACKEND", "auto") or "auto")
+set_num_threads(_default_threads())

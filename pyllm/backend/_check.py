@@ -1,0 +1,346 @@
+"""Argument checks shared by both backends.
+
+Every kernel call passes through one of these functions before any work is done, so bad input
+raises the same ``TypeError`` / ``ValueError`` on the NumPy and the C backend, with a message that
+names the argument and what was expected, and nothing reaches C that could read or write out of
+bounds. Each function returns the sizes the kernel needs.
+
+Rules: float arrays are ``numpy.ndarray`` of one float dtype (float32 only for C; the NumPy backend
+also takes float64, used by the finite-difference tests), C-contiguous, writable when written;
+token ids are any integer dtype with every value in range (returned as contiguous int32); sizes
+fit a C ``int``.
+"""
+import numpy as np
+
+INT_MAX = 2**31 - 1
+F32 = (np.dtype(np.float32),)
+F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_array(name, a):
+    if not isinstance(a, np.ndarray):
+        raise TypeError("%s must be a numpy.ndarray, got %s" % (name, type(a).__name__))
+
+
+def farr(name, a, dtypes, shape=None, out=False, like=None, optional=False):
+    """Check a float array argument; ``like`` is an array whose dtype it must share."""
+    if a is None:
+        if optional:
+            return None
+        raise TypeError("%s must be a numpy.ndarray, got None" % name)
+    _is_array(name, a)
+    if a.dtype not in dtypes:
+        raise TypeError("%s must have dtype %s, got %s"
+                        % (name, " or ".join(str(d) for d in dtypes), a.dtype))
+    if like is not None and a.dtype != like.dtype:
+        raise TypeError("%s has dtype %s but the other arrays are %s" % (name, a.dtype, like.dtype))
+    if not a.flags.c_contiguous:
+        raise ValueError("%s must be C-contiguous (use numpy.ascontiguousarray)" % name)
+    if out and not a.flags.writeable:
+        raise ValueError("%s is read-only, but the kernel writes to it" % name)
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), tuple(a.shape)))
+    return a
+
+
+def ids(name, a, upper, shape=None):
+    """Check token ids / targets: integers in [0, upper). Returns a C-contiguous int32 array."""
+    _is_array(name, a)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError("%s must be an integer array of token ids, got dtype %s" % (name, a.dtype))
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), tuple(a.shape)))
+    if a.size:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= upper:
+            bad = lo if lo < 0 else hi
+            raise ValueError("%s holds id %d, outside the valid range [0, %d)" % (name, bad, upper))
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def size(name, n, lo=0):
+    if n < lo or n > INT_MAX:
+        raise ValueError("%s = %d is out of range [%d, %d]" % (name, n, lo, INT_MAX))
+    return int(n)
+
+
+def no_alias(out_name, out, **inputs):
+    """Refuse an output that overlaps an input: the kernel would read what it already wrote."""
+    if out is None:
+        return
+    for name, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError("%s must not overlap %s" % (out_name, name))
+
+
+def rows(name, a):
+    """(N, C) view sizes of an array shaped (..., C) with at least one axis."""
+    if a.ndim < 1:
+        raise ValueError("%s must have at least one axis, got a 0-d array" % name)
+    C = a.shape[-1]
+    N = int(np.prod(a.shape[:-1], dtype=np.int64))
+    return size(name + " rows", N), size(name + " last axis", C)
+
+
+# ---------------------------------------------------------------------------------------------
+# one check per kernel (same names as the kernels)
+
+def encoder_forward(out, idx, wte, wpe, pos0, dt):
+    farr("wte", wte, dt)
+    farr("wpe", wpe, dt, like=wte)
+    if wte.ndim != 2 or wpe.ndim != 2 or wte.shape[1] != wpe.shape[1]:
+        raise ValueError("wte must be (V, C) and wpe (block_size, C), got %s and %s"
+                         % (wte.shape, wpe.shape))
+    V, C = wte.shape
+    maxT = wpe.shape[0]
+    _is_array("idx", idx)
+    if idx.ndim != 2:
+        raise ValueError("idx must have shape (B, T), got %s" % (idx.shape,))
+    B, T = idx.shape
+    pos0 = int(pos0)
+    if pos0 < 0 or pos0 + T > maxT:
+        raise ValueError("positions %d..%d exceed the block size %d (wpe has %d rows)"
+                         % (pos0, pos0 + T - 1, maxT, maxT))
+    idx = ids("idx", idx, V)
+    farr("out", out, dt, shape=(B, T, C), out=True, like=wte)
+    no_alias("out", out, wte=wte, wpe=wpe)
+    return idx, size("B", B), size("T", T), size("C", C, 1), size("V", V, 1), size("maxT", maxT)
+
+
+def encoder_backward(dwte, dwpe, dout, idx, dt):
+    farr("dout", dout, dt)
+    if dout.ndim != 3:
+        raise ValueError("dout must have shape (B, T, C), got %s" % (dout.shape,))
+    B, T, C = dout.shape
+    farr("dwte", dwte, dt, out=True, like=dout)
+    farr("dwpe", dwpe, dt, out=True, like=dout)
+    if dwte.ndim != 2 or dwte.shape[1] != C or dwpe.ndim != 2 or dwpe.shape[1] != C:
+        raise ValueError("dwte must be (V, %d) and dwpe (block_size, %d), got %s and %s"
+                         % (C, C, dwte.shape, dwpe.shape))
+    if dwpe.shape[0] < T:
+        raise ValueError("dwpe has %d rows, fewer than T = %d" % (dwpe.shape[0], T))
+    idx = ids("idx", idx, dwte.shape[0], shape=(B, T))
+    no_alias("dwte", dwte, dout=dout, dwpe=dwpe)
+    no_alias("dwpe", dwpe, dout=dout)
+    return (idx, size("B", B), size("T", T), size("C", C, 1), size("V", dwte.shape[0], 1),
+            size("maxT", dwpe.shape[0]))
+
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias, dt):
+    farr("inp", inp, dt)
+    N, C = rows("inp", inp)
+    if C < 1:
+        raise ValueError("inp's last axis must not be empty")
+    farr("weight", weight, dt, shape=(C,), like=inp)
+    farr("bias", bias, dt, shape=(C,), like=inp)
+    farr("out", out, dt, shape=inp.shape, out=True, like=inp)
+    farr("mean", mean, dt, shape=inp.shape[:-1], out=True, like=inp, optional=True)
+    farr("rstd", rstd, dt, shape=inp.shape[:-1], out=True, like=inp, optional=True)
+    no_alias("out", out, weight=weight, bias=bias, mean=mean, rstd=rstd)
+    return N, C
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dt):
+    farr("inp", inp, dt)
+    N, C = rows("inp", inp)
+    if C < 1:
+        raise ValueError("inp's last axis must not be empty")
+    farr("dout", dout, dt, shape=inp.shape, like=inp)
+    farr("weight", weight, dt, shape=(C,), like=inp)
+    farr("mean", mean, dt, shape=inp.shape[:-1], like=inp)
+    farr("rstd", rstd, dt, shape=inp.shape[:-1], like=inp)
+    farr("dinp", dinp, dt, shape=inp.shape, out=True, like=inp, optional=True)
+    farr("dweight", dweight, dt, shape=(C,), out=True, like=inp, optional=True)
+    farr("dbias", dbias, dt, shape=(C,), out=True, like=inp, optional=True)
+    for name, g in (("dinp", dinp), ("dweight", dweight), ("dbias", dbias)):
+        no_alias(name, g, dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd)
+    return N, C
+
+
+def matmul_forward(out, inp, weight, bias, dt):
+    farr("inp", inp, dt)
+    farr("weight", weight, dt, like=inp)
+    if weight.ndim != 2:
+        raise ValueError("weight must have shape (C, OC), got %s" % (weight.shape,))
+    N, C = rows("inp", inp)
+    if weight.shape[0] != C:
+        raise ValueError("inp's last axis (%d) must equal weight.shape[0] (%d)"
+                         % (C, weight.shape[0]))
+    OC = size("OC", weight.shape[1])
+    farr("bias", bias, dt, shape=(OC,), like=inp, optional=True)
+    farr("out", out, dt, shape=inp.shape[:-1] + (OC,), out=True, like=inp)
+    no_alias("out", out, inp=inp, weight=weight, bias=bias)
+    return N, C, OC
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, dt):
+    farr("inp", inp, dt)
+    farr("weight", weight, dt, like=inp)
+    if weight.ndim != 2:
+        raise ValueError("weight must have shape (C, OC), got %s" % (weight.shape,))
+    N, C = rows("inp", inp)
+    if weight.shape[0] != C:
+        raise ValueError("inp's last axis (%d) must equal weight.shape[0] (%d)"
+                         % (C, weight.shape[0]))
+    OC = size("OC", weight.shape[1])
+    farr("dout", dout, dt, shape=inp.shape[:-1] + (OC,), like=inp)
+    farr("dinp", dinp, dt, shape=inp.shape, out=True, like=inp, optional=True)
+    farr("dweight", dweight, dt, shape=weight.shape, out=True, like=inp, optional=True)
+    farr("dbias", dbias, dt, shape=(OC,), out=True, like=inp, optional=True)
+    for name, g in (("dinp", dinp), ("dweight", dweight), ("dbias", dbias)):
+        no_alias(name, g, dout=dout, inp=inp, weight=weight)
+    no_alias("dinp", dinp, dweight=dweight, dbias=dbias)
+    no_alias("dweight", dweight, dbias=dbias)
+    return N, C, OC
+
+
+def gemm(c, a, b, trans_a, trans_b, dt):
+    farr("a", a, dt)
+    farr("b", b, dt, like=a)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError("a and b must be 2-D, got shapes %s and %s" % (a.shape, b.shape))
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError("inner dimensions differ: op(a) is (%d, %d), op(b) is (%d, %d)"
+                         % (M, K, Kb, N))
+    farr("c", c, dt, shape=(M, N), out=True, like=a)
+    no_alias("c", c, a=a, b=b)
+    return size("M", M), size("N", N), size("K", K)
+
+
+def elementwise(out_names, outs, in_names, ins, dt, optional_outs=False):
+    """Same-shape arrays; returns the element count."""
+    ref = None
+    for name, a in zip(in_names, ins):
+        farr(name, a, dt, like=ref)
+        if ref is None:
+            ref = a
+        elif a.shape != ref.shape:
+            raise ValueError("%s must have shape %s, got %s" % (name, ref.shape, a.shape))
+    for name, a in zip(out_names, outs):
+        farr(name, a, dt, shape=ref.shape, out=True, like=ref, optional=optional_outs)
+    return int(ref.size)
+
+
+def softmax_forward(out, inp, dt):
+    farr("inp", inp, dt)
+    N, V = rows("inp", inp)
+    if V < 1:
+        raise ValueError("softmax needs a non-empty last axis")
+    farr("out", out, dt, shape=inp.shape, out=True, like=inp)
+    return N, V
+
+
+def softmax_backward(dinp, dout, out, dt):
+    farr("out", out, dt)
+    N, V = rows("out", out)
+    if V < 1:
+        raise ValueError("softmax needs a non-empty last axis")
+    farr("dout", dout, dt, shape=out.shape, like=out)
+    farr("dinp", dinp, dt, shape=out.shape, out=True, like=out)
+    no_alias("dinp", dinp, dout=dout, out=out)
+    return N, V
+
+
+def crossentropy(logits, targets, dt):
+    farr("logits", logits, dt)
+    N, V = rows("logits", logits)
+    if V < 1:
+        raise ValueError("logits need a non-empty last axis")
+    targets = ids("targets", targets, V, shape=logits.shape[:-1])
+    return targets, N, V
+
+
+def crossentropy_forward(losses, logits, targets, dt):
+    targets, N, V = crossentropy(logits, targets, dt)
+    farr("losses", losses, dt, shape=logits.shape[:-1], out=True, like=logits)
+    no_alias("losses", losses, logits=logits)
+    return targets, N, V
+
+
+def crossentropy_backward(dlogits, logits, targets, scale, dt):
+    targets, N, V = crossentropy(logits, targets, dt)
+    farr("dlogits", dlogits, dt, shape=logits.shape, out=True, like=logits)
+    if dlogits is not logits:
+        no_alias("dlogits", dlogits, logits=logits)  # exactly the same array is allowed
+    if not np.isfinite(scale):
+        raise ValueError("scale must be finite, got %r" % (scale,))
+    return targets, N, V
+
+
+def _heads(C, n_head):
+    n_head = int(n_head)
+    if n_head < 1 or C % n_head:
+        raise ValueError("n_head (%d) must be >= 1 and divide the channel count C (%d)"
+                         % (n_head, C))
+    return n_head
+
+
+def attention_forward(out, lse, qkv, n_head, dt):
+    farr("qkv", qkv, dt)
+    if qkv.ndim != 3 or qkv.shape[2] % 3:
+        raise ValueError("qkv must have shape (B, T, 3*C), got %s" % (qkv.shape,))
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    NH = _heads(C, n_head)
+    farr("out", out, dt, shape=(B, T, C), out=True, like=qkv)
+    farr("lse", lse, dt, shape=(B, NH, T), out=True, like=qkv)
+    no_alias("out", out, qkv=qkv, lse=lse)
+    no_alias("lse", lse, qkv=qkv)
+    return size("B", B), size("T", T), size("C", C, 1), NH
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, n_head, dt):
+    farr("qkv", qkv, dt)
+    if qkv.ndim != 3 or qkv.shape[2] % 3:
+        raise ValueError("qkv must have shape (B, T, 3*C), got %s" % (qkv.shape,))
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    NH = _heads(C, n_head)
+    farr("dout", dout, dt, shape=(B, T, C), like=qkv)
+    farr("out", out, dt, shape=(B, T, C), like=qkv)
+    farr("lse", lse, dt, shape=(B, NH, T), like=qkv)
+    farr("dqkv", dqkv, dt, shape=qkv.shape, out=True, like=qkv)
+    no_alias("dqkv", dqkv, dout=dout, qkv=qkv, out=out, lse=lse)
+    return size("B", B), size("T", T), size("C", C, 1), NH
+
+
+def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
+    farr("qkv", qkv, dt)
+    if qkv.ndim != 2 or qkv.shape[1] % 3:
+        raise ValueError("qkv must have shape (B, 3*C), got %s" % (qkv.shape,))
+    B, C3 = qkv.shape
+    C = C3 // 3
+    NH = _heads(C, n_head)
+    farr("kcache", kcache, dt, out=True, like=qkv)
+    if kcache.ndim != 4 or kcache.shape[:2] != (B, NH) or kcache.shape[3] != C // NH:
+        raise ValueError("kcache must have shape (B, NH, maxT, hd) = (%d, %d, maxT, %d), got %s"
+                         % (B, NH, C // NH, kcache.shape))
+    farr("vcache", vcache, dt, shape=kcache.shape, out=True, like=qkv)
+    maxT = kcache.shape[2]
+    pos = int(pos)
+    if pos < 0 or pos >= maxT:
+        raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
+    farr("out", out, dt, shape=(B, C), out=True, like=qkv)
+    no_alias("out", out, qkv=qkv, kcache=kcache, vcache=vcache)
+    no_alias("kcache", kcache, qkv=qkv, vcache=vcache)
+    no_alias("vcache", vcache, qkv=qkv)
+    return size("B", B), pos, size("maxT", maxT), size("C", C, 1), NH
+
+
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, dt):
+    n = elementwise(("params", "m", "v"), (params, m, v), ("grads",), (grads,), dt)
+    for name, a in (("params", params), ("m", m), ("v", v)):
+        no_alias(name, a, grads=grads)
+    no_alias("params", params, m=m, v=v)
+    no_alias("m", m, v=v)
+    for name, x in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+        if not (np.isfinite(x) and x >= 0):
+            raise ValueError("%s must be a finite number >= 0, got %r" % (name, x))
+    for name, x in (("beta1", beta1), ("beta2", beta2)):
+        if not (0.0 <= x < 1.0):
+            raise ValueError("%s must be in [0, 1), got %r" % (name, x))
+    if int(step) != step or step < 1 or step > INT_MAX:
+        raise ValueError("step must be an integer >= 1, got %r" % (step,))
+    return n

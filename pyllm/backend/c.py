@@ -1,0 +1,190 @@
+"""The C backend: the same functions as ``pyllm/backend/numpy.py``, run by the kernels in ``csrc/``.
+
+Each function checks its arguments (``_check``), hands the arrays to C with ``ffi.from_buffer``
+(which keeps them alive for the call), calls the kernel and turns a non-zero status into an
+exception. Only float32 is accepted here.
+"""
+import numpy as np
+
+from . import _check as chk
+from .. import _ckernels  # ImportError here means the extension was not built
+
+ffi, lib = _ckernels.ffi, _ckernels.lib
+DT = chk.F32
+_STATUS = {lib.PYLLM_ERR_SIZE: "a size argument is out of range",
+           lib.PYLLM_ERR_INDEX: "an index is out of range",
+           lib.PYLLM_ERR_NULL: "a required array is missing"}
+
+
+def _f(a):
+    return ffi.NULL if a is None else ffi.from_buffer("float[]", a)
+
+
+def _i(a):
+    return ffi.from_buffer("int32_t[]", a)
+
+
+def _ok(name, status):
+    if status != lib.PYLLM_OK:
+        raise RuntimeError("C kernel %s failed: %s (status %d)"
+                           % (name, _STATUS.get(status, "unknown error"), status))
+
+
+# ---- embedding -------------------------------------------------------------------------------
+
+def encoder_forward(out, idx, wte, wpe, pos0=0):
+    idx, B, T, C, V, maxT = chk.encoder_forward(out, idx, wte, wpe, pos0, DT)
+    _ok("encoder_forward", lib.encoder_forward(_f(out), _i(idx), _f(wte), _f(wpe),
+                                               B, T, C, V, maxT, int(pos0)))
+
+
+def encoder_backward(dwte, dwpe, dout, idx):
+    idx, B, T, C, V, maxT = chk.encoder_backward(dwte, dwpe, dout, idx, DT)
+    _ok("encoder_backward", lib.encoder_backward(_f(dwte), _f(dwpe), _f(dout), _i(idx),
+                                                 B, T, C, V, maxT))
+
+
+# ---- layernorm -------------------------------------------------------------------------------
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    N, C = chk.layernorm_forward(out, mean, rstd, inp, weight, bias, DT)
+    _ok("layernorm_forward", lib.layernorm_forward(_f(out), _f(mean), _f(rstd), _f(inp),
+                                                   _f(weight), _f(bias), N, C))
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    N, C = chk.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, DT)
+    _ok("layernorm_backward", lib.layernorm_backward(_f(dinp), _f(dweight), _f(dbias), _f(dout),
+                                                     _f(inp), _f(weight), _f(mean), _f(rstd),
+                                                     N, C))
+
+
+# ---- matmul ----------------------------------------------------------------------------------
+
+def matmul_forward(out, inp, weight, bias=None):
+    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT)
+    _ok("matmul_forward", lib.matmul_forward(_f(out), _f(inp), _f(weight), _f(bias), N, C, OC))
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
+    N, C, OC = chk.matmul_backward(dinp, dweight, dbias, dout, inp, weight, DT)
+    _ok("matmul_backward", lib.matmul_backward(_f(dinp), _f(dweight), _f(dbias), _f(dout),
+                                               _f(inp), _f(weight), N, C, OC))
+
+
+def gemm(c, a, b, trans_a=False, trans_b=False, accumulate=False):
+    M, N, K = chk.gemm(c, a, b, trans_a, trans_b, DT)
+    _ok("gemm", lib.gemm(_f(c), _f(a), _f(b), M, N, K, int(bool(trans_a)), int(bool(trans_b)),
+                         int(bool(accumulate))))
+
+
+# ---- gelu, residual --------------------------------------------------------------------------
+
+def gelu_forward(out, inp):
+    n = chk.elementwise(("out",), (out,), ("inp",), (inp,), DT)
+    _ok("gelu_forward", lib.gelu_forward(_f(out), _f(inp), n))
+
+
+def gelu_backward(dinp, inp, dout):
+    n = chk.elementwise(("dinp",), (dinp,), ("inp", "dout"), (inp, dout), DT)
+    _ok("gelu_backward", lib.gelu_backward(_f(dinp), _f(inp), _f(dout), n))
+
+
+def residual_forward(out, inp1, inp2):
+    n = chk.elementwise(("out",), (out,), ("inp1", "inp2"), (inp1, inp2), DT)
+    _ok("residual_forward", lib.residual_forward(_f(out), _f(inp1), _f(inp2), n))
+
+
+def residual_backward(dinp1, dinp2, dout):
+    n = chk.elementwise(("dinp1", "dinp2"), (dinp1, dinp2), ("dout",), (dout,), DT,
+                        optional_outs=True)
+    _ok("residual_backward", lib.residual_backward(_f(dinp1), _f(dinp2), _f(dout), n))
+
+
+# ---- softmax, cross-entropy ------------------------------------------------------------------
+
+def softmax_forward(out, inp):
+    N, V = chk.softmax_forward(out, inp, DT)
+    _ok("softmax_forward", lib.softmax_forward(_f(out), _f(inp), N, V))
+
+
+def softmax_backward(dinp, dout, out):
+    N, V = chk.softmax_backward(dinp, dout, out, DT)
+    _ok("softmax_backward", lib.softmax_backward(_f(dinp), _f(dout), _f(out), N, V))
+
+
+def crossentropy_forward(losses, logits, targets):
+    targets, N, V = chk.crossentropy_forward(losses, logits, targets, DT)
+    _ok("crossentropy_forward", lib.crossentropy_forward(_f(losses), _f(logits), _i(targets),
+                                                         N, V))
+
+
+def crossentropy_backward(dlogits, logits, targets, scale):
+    targets, N, V = chk.crossentropy_backward(dlogits, logits, targets, scale, DT)
+    _ok("crossentropy_backward", lib.crossentropy_backward(_f(dlogits), _f(logits), _i(targets),
+                                                           float(scale), N, V))
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+def attention_forward(out, lse, qkv, n_head):
+    B, T, C, NH = chk.attention_forward(out, lse, qkv, n_head, DT)
+    _ok("attention_forward", lib.attention_forward(_f(out), _f(lse), _f(qkv), B, T, C, NH))
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, n_head):
+    B, T, C, NH = chk.attention_backward(dqkv, dout, qkv, out, lse, n_head, DT)
+    _ok("attention_backward", lib.attention_backward(_f(dqkv), _f(dout), _f(qkv), _f(out),
+                                                     _f(lse), B, T, C, NH))
+
+
+def attention_decode(out, kcache, vcache, qkv, pos, n_head):
+    B, pos, maxT, C, NH = chk.attention_decode(out, kcache, vcache, qkv, pos, n_head, DT)
+    _ok("attention_decode", lib.attention_decode(_f(out), _f(kcache), _f(vcache), _f(qkv),
+                                                 B, pos, maxT, C, NH))
+
+
+# ---- optimizer -------------------------------------------------------------------------------
+
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    n = chk.adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, DT)
+    _ok("adamw_update", lib.adamw_update(_f(params), _f(grads), _f(m), _f(v), n, float(lr),
+                                         float(beta1), float(beta2), float(eps),
+                                         float(weight_decay), int(step)))
+
+
+def norm_squared(x):
+    chk.farr("x", x, DT)
+    out = ffi.new("double *")
+    _ok("norm_squared", lib.norm_squared(out, _f(x), x.size))
+    return float(out[0])
+
+
+def scale_inplace(x, s):
+    chk.farr("x", x, DT, out=True)
+    if not np.isfinite(s):
+        raise ValueError("s must be finite, got %r" % (s,))
+    _ok("scale_inplace", lib.scale_inplace(_f(x), float(s), x.size))
+
+
+# ---- runtime ---------------------------------------------------------------------------------
+
+def build_info():
+    """The compiler, flags and OpenMP status the extension was built with."""
+    return ffi.string(lib.pyllm_build_info()).decode()
+
+
+def has_openmp():
+    return bool(lib.pyllm_has_openmp())
+
+
+def get_num_threads():
+    return int(lib.pyllm_get_num_threads())
+
+
+def set_num_threads(n):
+    _ok("pyllm_set_num_threads", lib.pyllm_set_num_threads(int(n)))
+
+
+def simd_level():
+    return int(lib.pyllm_simd_level())

@@ -1,0 +1,258 @@
+"""The NumPy backend: every kernel in plain NumPy. This is the readable specification.
+
+Same names, same argument order and same results as the C backend (``pyllm/backend/c.py``), which
+is tested against this file. Conventions (as in ``csrc/pyllm.h``):
+
+- outputs first, then inputs; sizes are read from the arrays' shapes;
+- ``*_backward`` functions ADD into the gradients they write (the caller zeroes them), except
+  ``crossentropy_backward``, which starts the backward pass and overwrites ``dlogits``;
+- a gradient argument may be ``None`` to skip it;
+- float32 arrays (float64 is accepted too, for finite-difference tests), C-contiguous; token ids of
+  any integer dtype, in range.
+
+Dimension legend: B batch, T time, C channels, NH heads, hd = C // NH, V vocabulary, OC output
+channels, N any number of leading rows.
+"""
+import numpy as np
+
+from . import _check as chk
+
+DT = chk.F32_F64
+LN_EPS = 1e-5
+GELU_K = np.sqrt(2.0 / np.pi)
+
+
+# ---- embedding -------------------------------------------------------------------------------
+
+def encoder_forward(out, idx, wte, wpe, pos0=0):
+    """out (B,T,C) = wte[idx] (B,T,C) + wpe[pos0:pos0+T] (T,C)."""
+    idx, B, T, C, V, maxT = chk.encoder_forward(out, idx, wte, wpe, pos0, DT)
+    out[...] = wte[idx] + wpe[pos0:pos0 + T]
+
+
+def encoder_backward(dwte, dwpe, dout, idx):
+    """dwte (V,C) += dout scattered by idx; dwpe[:T] (T,C) += dout summed over B."""
+    idx, B, T, C, V, maxT = chk.encoder_backward(dwte, dwpe, dout, idx, DT)
+    np.add.at(dwte, idx.reshape(-1), dout.reshape(-1, C))
+    dwpe[:T] += dout.sum(axis=0)
+
+
+# ---- layernorm -------------------------------------------------------------------------------
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    """out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved if not None."""
+    chk.layernorm_forward(out, mean, rstd, inp, weight, bias, DT)
+    mu = inp.mean(axis=-1, keepdims=True)                          # (N,1)
+    var = ((inp - mu) ** 2).mean(axis=-1, keepdims=True)           # (N,1) biased variance
+    rs = 1.0 / np.sqrt(var + LN_EPS)                               # (N,1)
+    out[...] = (inp - mu) * rs * weight + bias
+    if mean is not None:
+        mean[...] = mu[..., 0]
+    if rstd is not None:
+        rstd[...] = rs[..., 0]
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    """Gradients of layernorm_forward; adds into dinp (N,C), dweight (C), dbias (C)."""
+    N, C = chk.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, DT)
+    xhat = (inp - mean[..., None]) * rstd[..., None]               # (N,C)
+    g = dout.reshape(N, C)
+    if dbias is not None:
+        dbias += g.sum(axis=0)
+    if dweight is not None:
+        dweight += (g * xhat.reshape(N, C)).sum(axis=0)
+    if dinp is not None:
+        dxhat = dout * weight                                      # (N,C)
+        dinp += rstd[..., None] * (dxhat - dxhat.mean(-1, keepdims=True)
+                                   - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+
+
+# ---- matmul ----------------------------------------------------------------------------------
+
+def matmul_forward(out, inp, weight, bias=None):
+    """out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC)."""
+    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT)
+    y = inp.reshape(N, C) @ weight
+    if bias is not None:
+        y += bias
+    out.reshape(N, OC)[...] = y
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
+    """dinp (N,C) += dout @ weight.T; dweight (C,OC) += inp.T @ dout; dbias (OC) += sum_N dout."""
+    N, C, OC = chk.matmul_backward(dinp, dweight, dbias, dout, inp, weight, DT)
+    g = dout.reshape(N, OC)
+    if dinp is not None:
+        dinp.reshape(N, C)[...] += g @ weight.T
+    if dweight is not None:
+        dweight += inp.reshape(N, C).T @ g
+    if dbias is not None:
+        dbias += g.sum(axis=0)
+
+
+def gemm(c, a, b, trans_a=False, trans_b=False, accumulate=False):
+    """c (M,N) = op(a) (M,K) @ op(b) (K,N), plus c itself when accumulate; op transposes."""
+    chk.gemm(c, a, b, trans_a, trans_b, DT)
+    y = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if accumulate:
+        c += y
+    else:
+        c[...] = y
+
+
+# ---- gelu, residual --------------------------------------------------------------------------
+
+def gelu_forward(out, inp):
+    """out = 0.5 inp (1 + tanh(sqrt(2/pi) (inp + 0.044715 inp^3)))."""
+    chk.elementwise(("out",), (out,), ("inp",), (inp,), DT)
+    out[...] = 0.5 * inp * (1.0 + np.tanh(GELU_K * (inp + 0.044715 * inp ** 3)))
+
+
+def gelu_backward(dinp, inp, dout):
+    """dinp += dout * d gelu / d inp."""
+    chk.elementwise(("dinp",), (dinp,), ("inp", "dout"), (inp, dout), DT)
+    th = np.tanh(GELU_K * (inp + 0.044715 * inp ** 3))
+    grad = 0.5 * (1.0 + th) + 0.5 * inp * (1.0 - th * th) * GELU_K * (1.0 + 3 * 0.044715 * inp ** 2)
+    dinp += grad * dout
+
+
+def residual_forward(out, inp1, inp2):
+    """out = inp1 + inp2."""
+    chk.elementwise(("out",), (out,), ("inp1", "inp2"), (inp1, inp2), DT)
+    np.add(inp1, inp2, out=out)
+
+
+def residual_backward(dinp1, dinp2, dout):
+    """dinp1 += dout; dinp2 += dout (either may be None)."""
+    chk.elementwise(("dinp1", "dinp2"), (dinp1, dinp2), ("dout",), (dout,), DT,
+                    optional_outs=True)
+    if dinp1 is not None:
+        dinp1 += dout
+    if dinp2 is not None:
+        dinp2 += dout
+
+
+# ---- softmax, cross-entropy ------------------------------------------------------------------
+
+def softmax_forward(out, inp):
+    """out (N,V) = exp(inp - max) / sum(exp(inp - max)) over the last axis."""
+    chk.softmax_forward(out, inp, DT)
+    e = np.exp(inp - inp.max(axis=-1, keepdims=True))
+    out[...] = e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(dinp, dout, out):
+    """dinp (N,V) += out * (dout - sum(dout * out)) over the last axis."""
+    chk.softmax_backward(dinp, dout, out, DT)
+    dinp += out * (dout - (dout * out).sum(axis=-1, keepdims=True))
+
+
+def _log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def crossentropy_forward(losses, logits, targets):
+    """losses (N) = logsumexp(logits (N,V)) - logits[target]."""
+    targets, N, V = chk.crossentropy_forward(losses, logits, targets, DT)
+    logp = _log_softmax(logits.reshape(N, V))
+    losses.reshape(N)[...] = -logp[np.arange(N), targets.reshape(N)]
+
+
+def crossentropy_backward(dlogits, logits, targets, scale):
+    """dlogits (N,V) = (softmax(logits) - onehot(targets)) * scale (overwrites; may be logits)."""
+    targets, N, V = chk.crossentropy_backward(dlogits, logits, targets, scale, DT)
+    p = np.exp(_log_softmax(logits.reshape(N, V)))
+    p[np.arange(N), targets.reshape(N)] -= 1.0
+    dlogits.reshape(N, V)[...] = p * scale
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+def _split_heads(qkv, NH):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    return [x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3) for x in (q, k, v)]  # (B,NH,T,hd)
+
+
+def attention_forward(out, lse, qkv, n_head):
+    """Causal self-attention: out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for backward."""
+    B, T, C, NH = chk.attention_forward(out, lse, qkv, n_head, DT)
+    q, k, v = _split_heads(qkv, NH)                                # (B,NH,T,hd)
+    scale = 1.0 / np.sqrt(C // NH)
+    s = (q @ k.transpose(0, 1, 3, 2)) * scale                      # (B,NH,T,T)
+    s = np.where(np.tril(np.ones((T, T), dtype=bool)), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - m)
+    l = e.sum(axis=-1, keepdims=True)
+    y = (e / l) @ v                                                # (B,NH,T,hd)
+    out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+    lse[...] = (m + np.log(l))[..., 0]
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, n_head):
+    """Gradient of attention_forward, recomputing the probabilities from lse; adds into dqkv."""
+    B, T, C, NH = chk.attention_backward(dqkv, dout, qkv, out, lse, n_head, DT)
+    hd = C // NH
+    q, k, v = _split_heads(qkv, NH)                                # (B,NH,T,hd)
+    g = dout.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)           # (B,NH,T,hd)
+    o = out.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)
+    scale = 1.0 / np.sqrt(hd)
+    s = (q @ k.transpose(0, 1, 3, 2)) * scale
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    p = np.where(causal, np.exp(s - lse[..., None]), 0.0)          # (B,NH,T,T)
+    dv = p.transpose(0, 1, 3, 2) @ g
+    dp = g @ v.transpose(0, 1, 3, 2)
+    D = (g * o).sum(axis=-1, keepdims=True)                        # (B,NH,T,1)
+    ds = p * (dp - D) * scale
+    dq = ds @ k
+    dk = ds.transpose(0, 1, 3, 2) @ q
+    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(B, T, C)     # noqa: E731
+    dqkv[..., :C] += merge(dq)
+    dqkv[..., C:2 * C] += merge(dk)
+    dqkv[..., 2 * C:] += merge(dv)
+
+
+def attention_decode(out, kcache, vcache, qkv, pos, n_head):
+    """One decode step: store the new token's k, v (from qkv (B,3C)) at pos in the caches
+    (B,NH,maxT,hd) and write out (B,C), its attention over positions 0..pos."""
+    B, pos, maxT, C, NH = chk.attention_decode(out, kcache, vcache, qkv, pos, n_head, DT)
+    hd = C // NH
+    q = qkv[:, :C].reshape(B, NH, 1, hd)
+    kcache[:, :, pos] = qkv[:, C:2 * C].reshape(B, NH, hd)
+    vcache[:, :, pos] = qkv[:, 2 * C:].reshape(B, NH, hd)
+    k, v = kcache[:, :, :pos + 1], vcache[:, :, :pos + 1]         # (B,NH,pos+1,hd)
+    s = (q @ k.transpose(0, 1, 3, 2)) / np.sqrt(hd)                # (B,NH,1,pos+1)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    out[...] = ((e / e.sum(axis=-1, keepdims=True)) @ v).reshape(B, C)
+
+
+# ---- optimizer -------------------------------------------------------------------------------
+
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step in place on params, m, v (all the same shape as grads)."""
+    chk.adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, DT)
+    dt = params.dtype.type
+    m *= dt(beta1)
+    m += dt(1 - beta1) * grads
+    v *= dt(beta2)
+    v += dt(1 - beta2) * grads * grads
+    mhat = m / dt(1 - beta1 ** step)
+    vhat = v / dt(1 - beta2 ** step)
+    params -= dt(lr) * (mhat / (np.sqrt(vhat) + dt(eps)) + dt(weight_decay) * params)
+
+
+def norm_squared(x):
+    """Sum of squares of x, accumulated in float64; returns a Python float."""
+    chk.farr("x", x, DT)
+    x64 = x.reshape(-1).astype(np.float64)
+    return float(x64 @ x64)
+
+
+def scale_inplace(x, s):
+    """x *= s."""
+    chk.farr("x", x, DT, out=True)
+    if not np.isfinite(s):
+        raise ValueError("s must be finite, got %r" % (s,))
+    x *= x.dtype.type(s)
