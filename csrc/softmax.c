@@ -17,12 +17,12 @@ int softmax_forward(float *out, const float *inp, int N, int V) {
         float *o = out + (size_t)i * V;
         float mx = x[0];
         for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        float s = 0.0f;
+        double s = 0.0; /* double: V can be 50257 terms */
         for (int j = 0; j < V; j++) {
             o[j] = expf(x[j] - mx);
             s += o[j];
         }
-        float inv = 1.0f / s;
+        float inv = (float)(1.0 / s);
         for (int j = 0; j < V; j++) o[j] *= inv;
     }
     return PYLLM_OK;
@@ -36,9 +36,10 @@ int softmax_backward(float *dinp, const float *dout, const float *out, int N, in
     for (int i = 0; i < N; i++) {
         const float *g = dout + (size_t)i * V, *p = out + (size_t)i * V;
         float *d = dinp + (size_t)i * V;
-        float dot = 0.0f;
+        double dot = 0.0;
         for (int j = 0; j < V; j++) dot += g[j] * p[j];
-        for (int j = 0; j < V; j++) d[j] += p[j] * (g[j] - dot);
+        float fdot = (float)dot;
+        for (int j = 0; j < V; j++) d[j] += p[j] * (g[j] - fdot);
     }
     return PYLLM_OK;
 }
@@ -59,9 +60,9 @@ int crossentropy_forward(float *losses, const float *logits, const int32_t *targ
         const float *x = logits + (size_t)i * V;
         float mx = x[0];
         for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        float s = 0.0f;
+        double s = 0.0;
         for (int j = 0; j < V; j++) s += expf(x[j] - mx);
-        losses[i] = logf(s) + mx - x[targets[i]];
+        losses[i] = (float)log(s) + mx - x[targets[i]];
     }
     return PYLLM_OK;
 }
@@ -78,9 +79,9 @@ int crossentropy_backward(float *dlogits, const float *logits, const int32_t *ta
         float *d = dlogits + (size_t)i * V;
         float mx = x[0];
         for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        float s = 0.0f;
+        double s = 0.0;
         for (int j = 0; j < V; j++) s += expf(x[j] - mx);
-        float inv = scale / s;
+        float inv = (float)(scale / s);
         for (int j = 0; j < V; j++) d[j] = expf(x[j] - mx) * inv;
         d[targets[i]] -= scale;
     }

@@ -64,12 +64,12 @@ def size(name, n, lo=0):
     return int(n)
 
 
-def no_alias(out_name, out, **inputs):
+def no_alias(out_name, out_array, /, **inputs):
     """Refuse an output that overlaps an input: the kernel would read what it already wrote."""
-    if out is None:
+    if out_array is None:
         return
     for name, a in inputs.items():
-        if a is not None and np.may_share_memory(out, a):
+        if a is not None and np.may_share_memory(out_array, a):
             raise ValueError("%s must not overlap %s" % (out_name, name))
 
 

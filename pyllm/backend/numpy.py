@@ -179,6 +179,8 @@ def _split_heads(qkv, NH):
 def attention_forward(out, lse, qkv, n_head):
     """Causal self-attention: out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for backward."""
     B, T, C, NH = chk.attention_forward(out, lse, qkv, n_head, DT)
+    if B * T == 0:
+        return
     q, k, v = _split_heads(qkv, NH)                                # (B,NH,T,hd)
     scale = 1.0 / np.sqrt(C // NH)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale                      # (B,NH,T,T)
@@ -194,6 +196,8 @@ def attention_forward(out, lse, qkv, n_head):
 def attention_backward(dqkv, dout, qkv, out, lse, n_head):
     """Gradient of attention_forward, recomputing the probabilities from lse; adds into dqkv."""
     B, T, C, NH = chk.attention_backward(dqkv, dout, qkv, out, lse, n_head, DT)
+    if B * T == 0:
+        return
     hd = C // NH
     q, k, v = _split_heads(qkv, NH)                                # (B,NH,T,hd)
     g = dout.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)           # (B,NH,T,hd)

@@ -1,0 +1,129 @@
+"""Kernel benchmark: every kernel at GPT-training shapes, C against NumPy in one process.
+
+    python benchmarks/bench_kernels.py            # full run
+    python benchmarks/bench_kernels.py --quick    # a smaller, faster pass (CI)
+
+Prints, per kernel, the median time (and min-max) of each backend and the NumPy/C ratio (the
+C backend's speed-up). OpenBLAS threads spin for a while after NumPy's BLAS calls and would slow
+the OpenMP kernels that follow, so the script pauses between the two backends.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pyllm  # noqa: E402
+from pyllm.backend import backend_module, c_unavailable_reason  # noqa: E402
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def cases(B, T, C, V, NH):
+    """(label, kernel, args) at the shapes one training step of this config uses."""
+    rng = np.random.default_rng(0)
+    N, hd = B * T, C // NH
+    x, w1, w4 = f32(rng, N, C), f32(rng, C, 3 * C, scale=0.02), f32(rng, C, 4 * C, scale=0.02)
+    idx = rng.integers(0, V, (B, T))
+    qkv = f32(rng, B, T, 3 * C)
+    att, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
+    backend_module("numpy").attention_forward(att, lse, qkv, NH)
+    mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
+    lnw = np.ones(C, np.float32)
+    backend_module("numpy").layernorm_forward(np.empty_like(x), mean, rstd, x, lnw, lnw)
+    logits = f32(rng, N, V)
+    probs = np.empty_like(logits)
+    backend_module("numpy").softmax_forward(probs, logits)
+    nparams = 12 * C * C * 4  # roughly four blocks' worth of parameters
+    h = f32(rng, N, 4 * C)
+    return [
+        ("encoder_forward", "encoder_forward",
+         [np.empty((B, T, C), np.float32), idx, f32(rng, V, C), f32(rng, T, C)]),
+        ("encoder_backward", "encoder_backward",
+         [np.zeros((V, C), np.float32), np.zeros((T, C), np.float32), f32(rng, B, T, C), idx]),
+        ("layernorm_forward", "layernorm_forward",
+         [np.empty_like(x), mean.copy(), rstd.copy(), x, lnw, lnw]),
+        ("layernorm_backward", "layernorm_backward",
+         [np.zeros_like(x), np.zeros(C, np.float32), np.zeros(C, np.float32), x, x, lnw, mean,
+          rstd]),
+        ("matmul_forward qkv", "matmul_forward",
+         [np.empty((N, 3 * C), np.float32), x, w1, np.zeros(3 * C, np.float32)]),
+        ("matmul_backward qkv", "matmul_backward",
+         [np.zeros_like(x), np.zeros_like(w1), np.zeros(3 * C, np.float32),
+          f32(rng, N, 3 * C), x, w1]),
+        ("matmul_forward fc", "matmul_forward",
+         [np.empty((N, 4 * C), np.float32), x, w4, np.zeros(4 * C, np.float32)]),
+        ("gemm lm-head (x @ wte^T)", "gemm",
+         [np.empty((N, V), np.float32), x, f32(rng, V, C), False, True, False]),
+        ("gelu_forward", "gelu_forward", [np.empty_like(h), h]),
+        ("gelu_backward", "gelu_backward", [np.zeros_like(h), h, h]),
+        ("residual_forward", "residual_forward", [np.empty_like(x), x, x]),
+        ("softmax_forward", "softmax_forward", [np.empty_like(logits), logits]),
+        ("softmax_backward", "softmax_backward", [np.zeros_like(logits), logits, probs]),
+        ("crossentropy_forward", "crossentropy_forward",
+         [np.empty(N, np.float32), logits, idx.reshape(-1) % V]),
+        ("crossentropy_backward", "crossentropy_backward",
+         [np.empty_like(logits), logits, idx.reshape(-1) % V, 1.0 / N]),
+        ("attention_forward", "attention_forward", [np.empty_like(att), lse.copy(), qkv, NH]),
+        ("attention_backward", "attention_backward",
+         [np.zeros_like(qkv), att, qkv, att, lse, NH]),
+        ("adamw_update", "adamw_update",
+         [f32(rng, nparams), f32(rng, nparams), np.zeros(nparams, np.float32),
+          np.zeros(nparams, np.float32), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1]),
+    ]
+
+
+def timeit(fn, args, repeat, min_time=0.05):
+    fn(*args)  # warm-up (first touch of outputs)
+    times = []
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn(*args)
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time or n >= 50:
+                break
+        times.append(dt / n)
+    return np.median(times), min(times), max(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (CI)")
+    ap.add_argument("--config", default="b", choices=["a", "b"],
+                    help="a: B16 T128 C128 V256 NH4;  b: B8 T256 C384 V256 NH6 (default)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="C threads (default: all)")
+    args = ap.parse_args(argv)
+    if c_unavailable_reason():
+        sys.exit("the C backend is unavailable (%s): nothing to compare" % c_unavailable_reason())
+    if args.threads:
+        pyllm.set_num_threads(args.threads)
+    shape = {"a": (16, 128, 128, 256, 4), "b": (8, 256, 384, 256, 6)}[args.config]
+    repeat = args.repeat
+    if args.quick:
+        shape, repeat = (4, 64, 64, 256, 4), 3
+    B, T, C, V, NH = shape
+    print("pyllm %s kernel benchmark: B=%d T=%d C=%d V=%d NH=%d, C threads=%d, medians of %d"
+          % (pyllm.__version__, B, T, C, V, NH, pyllm.get_num_threads(), repeat))
+    print("%-26s %22s %22s %8s" % ("kernel", "numpy ms (min-max)", "c ms (min-max)", "speedup"))
+    npk, ck = backend_module("numpy"), backend_module("c")
+    ratios = []
+    for label, name, kargs in cases(B, T, C, V, NH):
+        tn = timeit(getattr(npk, name), kargs, repeat)
+        time.sleep(0.5)  # let OpenBLAS threads go idle before the OpenMP kernel
+        tc = timeit(getattr(ck, name), kargs, repeat)
+        ratios.append(tn[0] / tc[0])
+        print("%-26s %7.3f (%6.3f-%6.3f) %7.3f (%6.3f-%6.3f) %7.1fx" % (
+            label, tn[0] * 1e3, tn[1] * 1e3, tn[2] * 1e3, tc[0] * 1e3, tc[1] * 1e3, tc[2] * 1e3,
+            ratios[-1]))
+    print("geometric-mean speed-up: %.1fx" % np.exp(np.mean(np.log(ratios))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Kernel tests: C against the NumPy specification, NumPy backward against finite differences
+(float64), same bits for any thread count, and the argument checks of the boundary."""
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm.backend import backend_module
+from pyllm.backend import numpy as npk
+
+# ---------------------------------------------------------------------------------------------
+# One case builder per kernel: returns (kernel name, argument list, indices of the outputs,
+# tolerance). Outputs that the kernel overwrites start as NaN (so a skipped element shows);
+# gradients that the kernel adds into start random (so "adds into" is checked too).
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def nan(*shape):
+    return np.full(shape, np.nan, dtype=np.float32)
+
+
+def case_encoder_forward(rng, B, T, C, V, pos0=0):
+    maxT = T + pos0 + 2
+    idx = rng.integers(0, V, size=(B, T))
+    return "encoder_forward", [nan(B, T, C), idx, f32(rng, V, C), f32(rng, maxT, C), pos0], [0], 1e-6
+
+
+def case_encoder_backward(rng, B, T, C, V):
+    idx = rng.integers(0, V, size=(B, T))
+    return ("encoder_backward", [f32(rng, V, C), f32(rng, T + 3, C), f32(rng, B, T, C), idx],
+            [0, 1], 1e-5)
+
+
+def case_layernorm_forward(rng, N, C):
+    x = f32(rng, N, C, scale=3.0) + 1.5
+    return ("layernorm_forward", [nan(N, C), nan(N), nan(N), x, f32(rng, C), f32(rng, C)],
+            [0, 1, 2], 2e-5)
+
+
+def case_layernorm_backward(rng, N, C):
+    x = f32(rng, N, C, scale=3.0) + 1.5
+    mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
+    w = f32(rng, C)
+    npk.layernorm_forward(np.empty_like(x), mean, rstd, x, w, f32(rng, C))
+    return ("layernorm_backward", [f32(rng, N, C), f32(rng, C), f32(rng, C), f32(rng, N, C), x, w,
+                                   mean, rstd], [0, 1, 2], 5e-5)
+
+
+def case_matmul_forward(rng, N, C, OC, bias=True):
+    return ("matmul_forward", [nan(N, OC), f32(rng, N, C), f32(rng, C, OC),
+                               f32(rng, OC) if bias else None], [0], 1e-5)
+
+
+def case_matmul_backward(rng, N, C, OC):
+    return ("matmul_backward", [f32(rng, N, C), f32(rng, C, OC), f32(rng, OC), f32(rng, N, OC),
+                                f32(rng, N, C), f32(rng, C, OC)], [0, 1, 2], 1e-5)
+
+
+def case_gemm(rng, M, N, K, ta, tb, acc):
+    a = f32(rng, K, M) if ta else f32(rng, M, K)
+    b = f32(rng, N, K) if tb else f32(rng, K, N)
+    c = f32(rng, M, N) if acc else nan(M, N)
+    return "gemm", [c, a, b, ta, tb, acc], [0], 1e-5
+
+
+def case_gelu_forward(rng, n):
+    return "gelu_forward", [nan(n), f32(rng, n, scale=3.0)], [0], 2e-6
+
+
+def case_gelu_backward(rng, n):
+    return "gelu_backward", [f32(rng, n), f32(rng, n, scale=3.0), f32(rng, n)], [0], 5e-6
+
+
+def case_residual_forward(rng, n):
+    return "residual_forward", [nan(n), f32(rng, n), f32(rng, n)], [0], 2e-7
+
+
+def case_residual_backward(rng, n):
+    return "residual_backward", [f32(rng, n), f32(rng, n), f32(rng, n)], [0, 1], 2e-7
+
+
+def case_softmax_forward(rng, N, V):
+    return "softmax_forward", [nan(N, V), f32(rng, N, V, scale=5.0)], [0], 1e-6
+
+
+def case_softmax_backward(rng, N, V):
+    p = np.empty((N, V), np.float32)
+    npk.softmax_forward(p, f32(rng, N, V, scale=3.0))
+    return "softmax_backward", [f32(rng, N, V), f32(rng, N, V), p], [0], 1e-6
+
+
+def case_crossentropy_forward(rng, N, V):
+    return ("crossentropy_forward", [nan(N), f32(rng, N, V, scale=4.0), rng.integers(0, V, N)],
+            [0], 1e-5)
+
+
+def case_crossentropy_backward(rng, N, V):
+    return ("crossentropy_backward", [nan(N, V), f32(rng, N, V, scale=4.0),
+                                      rng.integers(0, V, N), 1.0 / max(N, 1)], [0], 1e-6)
+
+
+def case_attention_forward(rng, B, T, C, NH):
+    return ("attention_forward", [nan(B, T, C), nan(B, NH, T), f32(rng, B, T, 3 * C), NH], [0, 1],
+            2e-5)
+
+
+def case_attention_backward(rng, B, T, C, NH):
+    qkv = f32(rng, B, T, 3 * C)
+    out, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
+    npk.attention_forward(out, lse, qkv, NH)
+    return ("attention_backward", [f32(rng, B, T, 3 * C), f32(rng, B, T, C), qkv, out, lse, NH],
+            [0], 5e-5)
+
+
+def case_attention_decode(rng, B, pos, C, NH, maxT=None):
+    maxT = maxT or pos + 3
+    hd = C // NH
+    return ("attention_decode", [nan(B, C), f32(rng, B, NH, maxT, hd), f32(rng, B, NH, maxT, hd),
+                                 f32(rng, B, 3 * C), pos, NH], [0, 1, 2], 2e-5)
+
+
+def case_adamw_update(rng, n, step=3, wd=0.1):
+    v = np.abs(f32(rng, n)) * 0.01
+    return ("adamw_update", [f32(rng, n), f32(rng, n), f32(rng, n, scale=0.1), v, 1e-3, 0.9, 0.95,
+                             1e-8, wd, step], [0, 2, 3], 2e-6)
+
+
+CASES = [
+    # (builder, sizes): 1, primes, sizes that are multiples of no block size, T = 1, a large case
+    *[(case_encoder_forward, s) for s in [(1, 1, 1, 1), (2, 7, 13, 5), (3, 17, 64, 97),
+                                          (1, 1, 8, 3, 4), (4, 64, 128, 65)]],
+    *[(case_encoder_backward, s) for s in [(1, 1, 1, 1), (2, 7, 13, 5), (3, 17, 33, 4),
+                                           (4, 64, 128, 65)]],
+    *[(case_layernorm_forward, s) for s in [(1, 1), (1, 7), (13, 31), (17, 64), (512, 768)]],
+    *[(case_layernorm_backward, s) for s in [(1, 1), (1, 7), (13, 31), (17, 97), (512, 768)]],
+    *[(case_matmul_forward, s) for s in [(1, 1, 1), (1, 5, 3), (7, 13, 17), (33, 64, 97),
+                                         (6, 16, 16), (2, 3, 5, False), (300, 384, 1536)]],
+    *[(case_matmul_backward, s) for s in [(1, 1, 1), (7, 13, 17), (33, 64, 97), (257, 129, 65),
+                                          (300, 384, 1536)]],
+    *[(case_gemm, (M, N, K, ta, tb, acc)) for (M, N, K) in [(1, 1, 1), (5, 7, 3), (37, 19, 129)]
+      for ta in (False, True) for tb in (False, True) for acc in (False, True)],
+    (case_gemm, (64, 1000, 128, False, True, False)),
+    *[(case_gelu_forward, (n,)) for n in (1, 7, 16385, 100003)],
+    *[(case_gelu_backward, (n,)) for n in (1, 7, 16385, 100003)],
+    *[(case_residual_forward, (n,)) for n in (1, 7, 100003)],
+    *[(case_residual_backward, (n,)) for n in (1, 7, 100003)],
+    *[(case_softmax_forward, s) for s in [(1, 1), (3, 7), (17, 65), (64, 50257)]],
+    *[(case_softmax_backward, s) for s in [(1, 1), (3, 7), (17, 65), (64, 5000)]],
+    *[(case_crossentropy_forward, s) for s in [(1, 1), (3, 7), (17, 65), (64, 50257)]],
+    *[(case_crossentropy_backward, s) for s in [(1, 1), (3, 7), (17, 65), (64, 50257)]],
+    *[(case_attention_forward, s) for s in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 17, 16, 2),
+                                            (2, 64, 64, 4), (1, 129, 24, 3), (1, 300, 64, 2)]],
+    *[(case_attention_backward, s) for s in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 17, 16, 2),
+                                             (2, 64, 64, 4), (1, 129, 24, 3), (1, 260, 64, 2)]],
+    *[(case_attention_decode, s) for s in [(1, 0, 4, 1), (2, 6, 12, 3), (1, 200, 64, 4),
+                                           (3, 130, 48, 2, 140)]],
+    *[(case_adamw_update, s) for s in [(1,), (7,), (100003,), (1000, 1), (1000, 50, 0.0)]],
+]
+
+
+def _copy(args):
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+def run_kernel(mod, name, args):
+    """Run kernel `name` of backend module `mod` on copies of args; returns the copies."""
+    args = _copy(args)
+    getattr(mod, name)(*args)
+    return args
+
+
+def assert_close(got, want, tol, what):
+    """|got - want| <= tol * (1 + |want|), elementwise, NaN-free."""
+    assert got.shape == want.shape, what
+    assert np.all(np.isfinite(got)), "%s: non-finite values" % what
+    err = np.abs(got.astype(np.float64) - want) / (1.0 + np.abs(want))
+    assert err.max(initial=0.0) <= tol, "%s: max scaled error %.3g > %.3g" % (what, err.max(), tol)
+
+
+def _case_id(case):
+    builder, sizes = case
+    return "%s%s" % (builder.__name__[5:], sizes)
+
+
+def _reduction_length(name, args):
+    """Matmul-like kernels sum K products; their tolerance scales with sqrt(K)."""
+    if name == "matmul_forward":
+        return args[1].shape[-1]
+    if name == "matmul_backward":
+        return max(args[3].shape[0], args[3].shape[-1])
+    if name == "gemm":
+        return args[1].shape[0 if args[3] else 1]
+    return 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_c_matches_numpy(case, cmod):
+    builder, sizes = case
+    name, args, outs, tol = builder(np.random.default_rng(7), *sizes)
+    got = run_kernel(cmod, name, args)
+    want = run_kernel(npk, name, [a.astype(np.float64) if isinstance(a, np.ndarray)
+                                  and a.dtype == np.float32 else a for a in args])
+    for i in outs:
+        k = _reduction_length(name, args)
+        assert_close(got[i], want[i], tol * max(1.0, np.sqrt(k)), "%s output %d" % (name, i))
+
+
+def test_norm_squared_and_scale(kmod, rng):
+    x = f32(rng, 100003)
+    want = float((x.astype(np.float64) ** 2).sum())
+    assert abs(kmod.norm_squared(x) - want) <= 1e-12 * want
+    y = x.copy()
+    kmod.scale_inplace(y, 0.5)
+    np.testing.assert_array_equal(y, x * np.float32(0.5))
+
+
+def test_crossentropy_backward_in_place(kmod, rng):
+    logits = f32(rng, 9, 31)
+    t = rng.integers(0, 31, 9)
+    want = run_kernel(npk, "crossentropy_backward", [nan(9, 31), logits, t, 0.25])[0]
+    kmod.crossentropy_backward(logits, logits, t, 0.25)  # dlogits is logits
+    assert_close(logits, want.astype(np.float64), 1e-6, "in-place crossentropy_backward")
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-computed values (independent of both backends)
+
+def test_hand_computed_values(kmod):
+    # layernorm of [1, 2, 3]: mean 2, var 2/3
+    out, m, r = np.empty((1, 3), np.float32), np.empty(1, np.float32), np.empty(1, np.float32)
+    kmod.layernorm_forward(out, m, r, np.array([[1, 2, 3]], np.float32),
+                           np.ones(3, np.float32), np.zeros(3, np.float32))
+    s = 1 / np.sqrt(2 / 3 + 1e-5)
+    np.testing.assert_allclose(out[0], [-s, 0, s], rtol=1e-6)
+    np.testing.assert_allclose([m[0], r[0]], [2.0, s], rtol=1e-6)
+    # GELU(1) with the tanh approximation
+    y = np.empty(1, np.float32)
+    kmod.gelu_forward(y, np.ones(1, np.float32))
+    assert abs(y[0] - 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * 1.044715))) < 1e-6
+    # cross-entropy of uniform logits is log(V)
+    loss = np.empty(2, np.float32)
+    kmod.crossentropy_forward(loss, np.zeros((2, 10), np.float32), np.array([3, 9]))
+    np.testing.assert_allclose(loss, np.log(10), rtol=1e-6)
+    # softmax is stable for huge logits
+    p = np.empty((1, 3), np.float32)
+    kmod.softmax_forward(p, np.array([[1000, 1000, -1000]], np.float32))
+    np.testing.assert_allclose(p[0], [0.5, 0.5, 0.0], atol=1e-7)
+    # attention over one key returns that key's value
+    qkv = np.arange(6, dtype=np.float32).reshape(1, 1, 6)
+    o, lse = np.empty((1, 1, 2), np.float32), np.empty((1, 1, 1), np.float32)
+    kmod.attention_forward(o, lse, qkv, 1)
+    np.testing.assert_allclose(o[0, 0], [4, 5])
+    np.testing.assert_allclose(lse[0, 0, 0], (0 * 2 + 1 * 3) / np.sqrt(2), rtol=1e-6)
+    # first AdamW step moves each parameter by ~lr * sign(grad) (plus decay)
+    p = np.array([1.0, -2.0], np.float32)
+    kmod.adamw_update(p, np.array([0.3, -5.0], np.float32), np.zeros(2, np.float32),
+                      np.zeros(2, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.5, 1)
+    np.testing.assert_allclose(p, [1 - 0.1 * (1 + 0.5), -2 + 0.1 * (1 + 0.5 * 2)], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# finite differences: every NumPy backward against central differences in float64
+
+def numeric_grad(f, x, eps=1e-6, max_points=40, rng=None):
+    """Central-difference gradient of scalar f() w.r.t. array x at up to max_points coordinates."""
+    flat = x.reshape(-1)
+    pts = np.arange(flat.size)
+    if flat.size > max_points:
+        pts = (rng or np.random.default_rng(0)).choice(flat.size, max_points, replace=False)
+    g = {}
+    for i in pts:
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        g[int(i)] = (fp - fm) / (2 * eps)
+    return g
+
+
+def f64(rng, *shape, scale=1.0):
+    return rng.standard_normal(shape) * scale
+
+
+def check_grads(loss, grads, inputs, rng, tol=1e-6):
+    for name, x in inputs.items():
+        num = numeric_grad(loss, x, rng=rng)
+        ana = grads[name].reshape(-1)
+        for i, v in num.items():
+            assert abs(ana[i] - v) <= tol * (1 + abs(v)), "%s[%d]: %g vs %g" % (name, i, ana[i], v)
+
+
+def test_fd_layernorm(rng):
+    N, C = 5, 7
+    x, w, b, G = f64(rng, N, C, scale=2.0), f64(rng, C), f64(rng, C), f64(rng, N, C)
+    out, mean, rstd = np.empty((N, C)), np.empty(N), np.empty(N)
+
+    def loss():
+        npk.layernorm_forward(out, mean, rstd, x, w, b)
+        return float((out * G).sum())
+
+    loss()
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    npk.layernorm_backward(dx, dw, db, G, x, w, mean, rstd)
+    check_grads(loss, {"x": dx, "w": dw, "b": db}, {"x": x, "w": w, "b": b}, rng)
+
+
+def test_fd_matmul(rng):
+    N, C, OC = 4, 6, 5
+    x, w, b, G = f64(rng, N, C), f64(rng, C, OC), f64(rng, OC), f64(rng, N, OC)
+    out = np.empty((N, OC))
+
+    def loss():
+        npk.matmul_forward(out, x, w, b)
+        return float((out * G).sum())
+
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    npk.matmul_backward(dx, dw, db, G, x, w)
+    check_grads(loss, {"x": dx, "w": dw, "b": db}, {"x": x, "w": w, "b": b}, rng)
+
+
+def test_fd_gelu(rng):
+    x, G = f64(rng, 30, scale=3.0), f64(rng, 30)
+    out = np.empty(30)
+
+    def loss():
+        npk.gelu_forward(out, x)
+        return float((out * G).sum())
+
+    dx = np.zeros_like(x)
+    npk.gelu_backward(dx, x, G)
+    check_grads(loss, {"x": dx}, {"x": x}, rng)
+
+
+def test_fd_residual(rng):
+    a, b, G = f64(rng, 9), f64(rng, 9), f64(rng, 9)
+    out = np.empty(9)
+
+    def loss():
+        npk.residual_forward(out, a, b)
+        return float((out * G).sum())
+
+    da, db = np.zeros(9), np.zeros(9)
+    npk.residual_backward(da, db, G)
+    check_grads(loss, {"a": da, "b": db}, {"a": a, "b": b}, rng)
+
+
+def test_fd_softmax(rng):
+    x, G = f64(rng, 4, 9, scale=2.0), f64(rng, 4, 9)
+    out = np.empty((4, 9))
+
+    def loss():
+        npk.softmax_forward(out, x)
+        return float((out * G).sum())
+
+    loss()
+    dx = np.zeros_like(x)
+    npk.softmax_backward(dx, G, out)
+    check_grads(loss, {"x": dx}, {"x": x}, rng)
+
+
+def test_fd_crossentropy(rng):
+    N, V = 6, 11
+    x, t, G = f64(rng, N, V, scale=2.0), rng.integers(0, V, N), f64(rng, N)
+    losses = np.empty(N)
+    scale = 0.3
+
+    def loss():  # sum of per-row losses, times scale
+        npk.crossentropy_forward(losses, x, t)
+        return float(losses.sum() * scale)
+
+    dx = np.empty_like(x)
+    npk.crossentropy_backward(dx, x, t, scale)
+    check_grads(loss, {"x": dx}, {"x": x}, rng)
+
+
+def test_fd_attention(rng):
+    B, T, C, NH = 2, 5, 6, 2
+    qkv, G = f64(rng, B, T, 3 * C), f64(rng, B, T, C)
+    out, lse = np.empty((B, T, C)), np.empty((B, NH, T))
+
+    def loss():
+        npk.attention_forward(out, lse, qkv, NH)
+        return float((out * G).sum())
+
+    loss()
+    d = np.zeros_like(qkv)
+    npk.attention_backward(d, G, qkv, out, lse, NH)
+    check_grads(loss, {"qkv": d}, {"qkv": qkv}, rng)
+
+
+def test_fd_encoder(rng):
+    B, T, C, V = 2, 3, 4, 5
+    idx = np.array([[0, 3, 3], [4, 0, 1]])
+    wte, wpe, G = f64(rng, V, C), f64(rng, T + 1, C), f64(rng, B, T, C)
+    out = np.empty((B, T, C))
+
+    def loss():
+        npk.encoder_forward(out, idx, wte, wpe)
+        return float((out * G).sum())
+
+    dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+    npk.encoder_backward(dwte, dwpe, G, idx)
+    check_grads(loss, {"wte": dwte, "wpe": dwpe}, {"wte": wte, "wpe": wpe}, rng)
+
+
+def test_decode_matches_full_attention(kmod, rng):
+    """Feeding tokens one at a time through the cache gives the full causal attention."""
+    B, T, C, NH = 2, 9, 12, 3
+    qkv = f32(rng, B, T, 3 * C)
+    out, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
+    kmod.attention_forward(out, lse, qkv, NH)
+    kc = np.zeros((B, NH, T, C // NH), np.float32)
+    vc = np.zeros_like(kc)
+    step = np.empty((B, C), np.float32)
+    for t in range(T):
+        kmod.attention_decode(step, kc, vc, np.ascontiguousarray(qkv[:, t]), t, NH)
+        np.testing.assert_allclose(step, out[:, t], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism: the same bits with 1 and 2 threads
+
+THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (700, 96, 130)),
+                (case_gemm, (97, 250, 300, True, False, True)),
+                (case_encoder_backward, (4, 64, 96, 7)), (case_layernorm_forward, (333, 97)),
+                (case_layernorm_backward, (333, 97)), (case_gelu_forward, (100003,)),
+                (case_gelu_backward, (100003,)), (case_softmax_forward, (64, 999)),
+                (case_softmax_backward, (64, 999)), (case_crossentropy_forward, (64, 999)),
+                (case_crossentropy_backward, (64, 999)), (case_attention_forward, (2, 150, 64, 4)),
+                (case_attention_backward, (2, 150, 64, 4)), (case_attention_decode, (3, 40, 64, 4)),
+                (case_adamw_update, (100003,)), (case_residual_forward, (100003,))]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=[_case_id(c) for c in THREAD_CASES])
+def test_same_bits_any_thread_count(case, cmod):
+    builder, sizes = case
+    name, args, outs, _ = builder(np.random.default_rng(3), *sizes)
+    prev = pyllm.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            pyllm.set_num_threads(n)
+            results.append(run_kernel(cmod, name, args))
+    finally:
+        pyllm.set_num_threads(prev)
+    for i in outs:
+        for r in results[1:]:
+            assert np.array_equal(results[0][i], r[i], equal_nan=True), "%s output %d" % (name, i)
+
+
+def test_norm_squared_same_bits_any_thread_count(cmod, rng):
+    x = f32(rng, 1000003)
+    prev = pyllm.get_num_threads()
+    try:
+        vals = []
+        for n in (1, 2, 3):
+            pyllm.set_num_threads(n)
+            vals.append(cmod.norm_squared(x))
+    finally:
+        pyllm.set_num_threads(prev)
+    assert vals[0] == vals[1] == vals[2]
