@@ -2,11 +2,27 @@
 
 C99 + OpenMP kernels bound through cffi, with a pure-NumPy backend that does the same work wherever
 the C extension cannot be built. See README.md.
+
+Public names::
+
+    GPTConfig, GPT                       the model (pyllm.model)
+    AdamW, clip_grad_norm, cosine_lr      optimisation (pyllm.optim)
+    load, load_gpt2, CheckpointError      model files and Hugging Face GPT-2 (pyllm.checkpoint)
+    CharTokenizer, BPETokenizer, load_tokenizer   tokenizers (pyllm.tokenizer)
+    get_backend, set_backend, available_backends, backend_reason, BackendUnavailable,
+    get_num_threads, set_num_threads     backend choice (pyllm.backend)
 """
 __version__ = "0.1.0"
 
 from .backend import (BackendUnavailable, available_backends, backend_reason, get_backend,
                       get_num_threads, set_backend, set_num_threads)
+from .checkpoint import CheckpointError, load, load_gpt2
+from .model import GPT, GPTConfig
+from .optim import AdamW, clip_grad_norm, cosine_lr
+from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
 __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_reason",
-           "get_backend", "get_num_threads", "set_backend", "set_num_threads"]
+           "get_backend", "get_num_threads", "set_backend", "set_num_threads",
+           "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
+           "CheckpointError", "load", "load_gpt2",
+           "BPETokenizer", "CharTokenizer", "load_tokenizer"]

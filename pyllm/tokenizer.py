@@ -273,7 +273,8 @@ def _atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    prefix = "." + os.path.basename(path) + "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -333,7 +334,9 @@ class _Reader:
         if len(parts) != 3 or parts[0] != _MAGIC:
             raise self.error(f"not a pyllm tokenizer file (header {line[:60]!r})")
         if parts[1] != str(_FORMAT_VERSION):
-            raise self.error(f"unsupported format version {parts[1][:20]!r} (expected {_FORMAT_VERSION})")
+            raise self.error(
+                f"unsupported format version {parts[1][:20]!r} (expected {_FORMAT_VERSION})"
+            )
         if parts[2] not in ("char", "bpe"):
             raise self.error(f"unknown tokenizer kind {parts[2][:20]!r}")
         return parts[2]
@@ -482,7 +485,7 @@ class CharTokenizer:
             return NotImplemented
         return self._chars == other._chars
 
-    __hash__ = None  # mutable-style value object: equality without hashing
+    __hash__ = None  # compared by value; not hashable
 
     def __repr__(self) -> str:
         preview = "".join(self._chars[:20])
@@ -583,7 +586,9 @@ class BPETokenizer:
                         f"a byte or the result of an earlier merge"
                     )
             if (a, b) in ranks:
-                raise ValueError(f"merge {rank}: pair ({a}, {b}) already merged at rank {ranks[(a, b)]}")
+                raise ValueError(
+                    f"merge {rank}: pair ({a}, {b}) already merged at rank {ranks[(a, b)]}"
+                )
             if new < 0 or new in byte_id_set or new == eot_id:
                 raise ValueError(f"merge {rank} ({a}, {b}) -> {new}: invalid result id {new}")
             joined = vocab[a] + vocab[b]
@@ -653,7 +658,9 @@ class BPETokenizer:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         if vocab_size < 257:
-            raise ValueError(f"vocab_size must be >= 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+            raise ValueError(
+                f"vocab_size must be >= 257 (256 bytes + <|endoftext|>), got {vocab_size}"
+            )
         num_merges = vocab_size - 257
 
         # Unique pre-split chunks ("words") with their frequencies.
@@ -685,7 +692,10 @@ class BPETokenizer:
             merges.append((a, b))
             vocab.append(vocab[a] + vocab[b])
             if verbose:
-                print(f"merge {len(merges)}/{num_merges}: ({a}, {b}) -> {new} {vocab[new]!r} count {-neg}")
+                print(
+                    f"merge {len(merges)}/{num_merges}: ({a}, {b}) -> {new} "
+                    f"{vocab[new]!r} count {-neg}"
+                )
 
             delta: dict[tuple[int, int], int] = {}
             for wi in where.pop((a, b)):
@@ -777,11 +787,15 @@ class BPETokenizer:
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise ValueError(f"{merges_path}: line {lineno}: expected two tokens, got {line[:60]!r}")
+                raise ValueError(
+                    f"{merges_path}: line {lineno}: expected two tokens, got {line[:60]!r}"
+                )
             left, right = parts
             for tok in (left, right, left + right):
                 if tok not in vocab:
-                    raise ValueError(f"{merges_path}: line {lineno}: token {tok!r} is not in {vocab_path}")
+                    raise ValueError(
+                        f"{merges_path}: line {lineno}: token {tok!r} is not in {vocab_path}"
+                    )
             triples.append((vocab[left], vocab[right], vocab[left + right]))
 
         merged = set(byte_ids) | {t[2] for t in triples} | {vocab[EOT_TOKEN]}

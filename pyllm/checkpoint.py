@@ -1,0 +1,187 @@
+"""Model files, Hugging Face GPT-2 checkpoints, and training checkpoints. No pickle anywhere.
+
+Model file (``GPT.save``): one safetensors file holding every parameter under its GPT-2 name as
+F32, with ``__metadata__`` ``{"format": "pyllm-model", "format_version": "1", "config": <JSON of
+GPTConfig>}``.
+
+Training checkpoint: a directory holding
+
+- ``checkpoint.safetensors``: the parameters (as a model file) plus the AdamW moments as
+  ``optim.m`` and ``optim.v`` (flat F32, in the model's slab order), and in ``__metadata__`` also
+  ``"state"``: JSON with ``step``, ``optim_t``, ``rng`` (the batch RNG state) and ``train`` (the
+  training settings). Everything that changes during training is in this one file, written
+  atomically, so an interrupted save leaves the previous checkpoint intact;
+- ``tokenizer.txt`` (pyllm tokenizer format), ``config.json`` (a readable copy of the settings),
+  ``log.jsonl`` and ``loss.svg``, written by the trainer.
+
+``load(path)`` accepts a model file or a checkpoint directory.
+"""
+import json
+import os
+
+import numpy as np
+
+from .model import GPT, MODEL_FORMAT, MODEL_FORMAT_VERSION, GPTConfig, model_metadata, \
+    param_shapes
+from .tensorfile import TensorFileError, load_safetensors, save_safetensors
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+TOKENIZER_FILE = "tokenizer.txt"
+
+
+class CheckpointError(ValueError):
+    """A model or checkpoint file is missing, corrupt, or of the wrong kind."""
+
+
+def _config_from_metadata(meta, path):
+    if meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError("%s is not a pyllm model file (format %r)"
+                              % (path, meta.get("format")))
+    if meta.get("format_version") != str(MODEL_FORMAT_VERSION):
+        raise CheckpointError("%s has model format version %r; this pyllm reads version %d"
+                              % (path, meta.get("format_version"), MODEL_FORMAT_VERSION))
+    try:
+        return GPTConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError("%s has an invalid model config: %s" % (path, exc)) from None
+
+
+def _model_from_tensors(cfg, tensors, path, prefix=""):
+    expected = dict(param_shapes(cfg))
+    sd = {}
+    for name, shape in expected.items():
+        arr = tensors.get(prefix + name)
+        if arr is None:
+            raise CheckpointError("%s lacks tensor %r" % (path, prefix + name))
+        if tuple(arr.shape) != shape:
+            raise CheckpointError("%s: tensor %r has shape %s, expected %s"
+                                  % (path, name, tuple(arr.shape), shape))
+        sd[name] = arr
+    model = GPT(cfg, seed=0)
+    model.load_state_dict(sd)
+    if not np.all(np.isfinite(model.params)):
+        raise CheckpointError("%s holds non-finite weights (NaN or Inf)" % path)
+    return model
+
+
+def _resolve(path):
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        f = os.path.join(path, CHECKPOINT_FILE)
+        if not os.path.exists(f):
+            raise CheckpointError("%s is a directory without %s" % (path, CHECKPOINT_FILE))
+        return f
+    if not os.path.exists(path):
+        raise FileNotFoundError("no such model file or checkpoint directory: %s" % path)
+    return path
+
+
+def _load_file(path):
+    try:
+        return load_safetensors(path, dtype=np.float32)
+    except TensorFileError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load(path):
+    """Load a model saved with ``GPT.save`` or a training checkpoint directory."""
+    path = _resolve(path)
+    tensors, meta = _load_file(path)
+    return _model_from_tensors(_config_from_metadata(meta, path), tensors, path)
+
+
+# ---- Hugging Face GPT-2 ------------------------------------------------------------------------
+
+_GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
+
+
+def load_gpt2(path, n_head=None):
+    """Load a Hugging Face GPT-2 checkpoint (``gpt2`` ... ``gpt2-xl``) with numpy alone.
+
+    ``path`` is a directory with ``config.json`` and ``model.safetensors``, or the ``.safetensors``
+    file alone (then the shape comes from the tensors and ``n_head`` from GPT-2's published sizes
+    or the argument). The ``transformer.`` prefix is accepted, the ``attn.bias`` /
+    ``attn.masked_bias`` mask buffers are ignored, and the LM head is taken as tied to ``wte``.
+    """
+    path = os.fspath(path)
+    cfg_json = None
+    if os.path.isdir(path):
+        st = os.path.join(path, "model.safetensors")
+        if not os.path.exists(st):
+            raise FileNotFoundError("%s has no model.safetensors (pytorch_model.bin is pickle and "
+                                    "is not read, by design)" % path)
+        cj = os.path.join(path, "config.json")
+        if os.path.exists(cj):
+            try:
+                with open(cj, encoding="utf-8") as f:
+                    cfg_json = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError("%s is not valid JSON: %s" % (cj, exc)) from None
+            if not isinstance(cfg_json, dict):
+                raise CheckpointError("%s must hold a JSON object" % cj)
+        path = st
+    elif not os.path.exists(path):
+        raise FileNotFoundError("no such file or directory: %s" % path)
+    tensors, _ = _load_file(path)
+    prefix = "transformer." if "transformer.wte.weight" in tensors else ""
+    if prefix + "wte.weight" not in tensors or prefix + "wpe.weight" not in tensors:
+        raise CheckpointError("%s does not look like a GPT-2 checkpoint (no wte/wpe)" % path)
+    V, C = tensors[prefix + "wte.weight"].shape
+    block = tensors[prefix + "wpe.weight"].shape[0]
+    n_layer = 0
+    while prefix + "h.%d.ln_1.weight" % n_layer in tensors:
+        n_layer += 1
+    if cfg_json is not None:
+        if cfg_json.get("layer_norm_epsilon", 1e-5) != 1e-5:
+            raise CheckpointError("layer_norm_epsilon %r is not GPT-2's 1e-5"
+                                  % cfg_json.get("layer_norm_epsilon"))
+        n_head = n_head or cfg_json.get("n_head")
+        for key, val in (("n_embd", C), ("n_layer", n_layer), ("vocab_size", V),
+                         ("n_positions", block)):
+            if key in cfg_json and cfg_json[key] != val:
+                raise CheckpointError("config.json says %s=%r but the tensors give %d"
+                                      % (key, cfg_json[key], val))
+    n_head = n_head or _GPT2_HEADS.get(C)
+    if n_head is None:
+        raise CheckpointError("cannot tell n_head for n_embd=%d without config.json; pass "
+                              "n_head=" % C)
+    try:
+        cfg = GPTConfig(vocab_size=V, block_size=block, n_layer=n_layer, n_head=int(n_head),
+                        n_embd=C)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError("%s: %s" % (path, exc)) from None
+    return _model_from_tensors(cfg, tensors, path, prefix)
+
+
+# ---- training checkpoints ----------------------------------------------------------------------
+
+def save_checkpoint(directory, model, optimizer, state):
+    """Write ``directory/checkpoint.safetensors`` atomically: weights, AdamW moments and
+    ``state`` (a JSON-serialisable dict with at least ``step`` and ``rng``)."""
+    os.makedirs(directory, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32)
+               for k, v in model.state_dict().items()}
+    tensors["optim.m"], tensors["optim.v"] = optimizer.m, optimizer.v
+    meta = model_metadata(model.config)
+    meta["state"] = json.dumps(dict(state, optim_t=optimizer.t), sort_keys=True)
+    save_safetensors(os.path.join(directory, CHECKPOINT_FILE), tensors, meta)
+
+
+def load_checkpoint(directory):
+    """Read a training checkpoint: returns ``(model, optim_state, state)`` where optim_state is
+    ``{"m", "v", "t"}`` for ``AdamW.load_state_dict``."""
+    path = _resolve(directory)
+    tensors, meta = _load_file(path)
+    model = _model_from_tensors(_config_from_metadata(meta, path), tensors, path)
+    try:
+        state = json.loads(meta["state"])
+        t = int(state["optim_t"])
+        m, v = tensors["optim.m"], tensors["optim.v"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError("%s is not a training checkpoint (%s missing or invalid); "
+                              "a model file can be loaded with pyllm.load" % (path, exc)) from None
+    if m.shape != model.params.shape or v.shape != model.params.shape:
+        raise CheckpointError("%s: optimizer state has the wrong size" % path)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError("%s: state has no integer step" % path)
+    return model, {"m": m, "v": v, "t": t}, state

@@ -1,0 +1,423 @@
+"""The model: GPT-2 names and initialisation, forward against an independent float64 reference,
+whole-model gradients against finite differences, backends agreeing, AdamW against the textbook
+formula, generation with and without the KV cache, and model files."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm.model import sample_token
+from pyllm.rng import RNG
+from pyllm.tensorfile import save_safetensors
+
+TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+def tiny(seed=0, dtype=np.float32, **kw):
+    cfg = dict(TINY, **kw)
+    return pyllm.GPT(pyllm.GPTConfig(**cfg), seed=seed, dtype=dtype)
+
+
+def batch(rng, B, T, V):
+    return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+
+
+# ---- an independent reference (picoGPT style, float64, nothing from pyllm's kernels) -----------
+
+def ref_forward(sd, cfg, idx):
+    def ln(x, g, b):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(v + 1e-5) * g + b
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    W = {k: v.astype(np.float64) for k, v in sd.items()}
+    B, T = idx.shape
+    C, H = cfg.n_embd, cfg.n_head
+    x = W["wte.weight"][idx] + W["wpe.weight"][:T]                       # (B,T,C)
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(cfg.n_layer):
+        p = "h.%d." % i
+        h = ln(x, W[p + "ln_1.weight"], W[p + "ln_1.bias"])
+        qkv = h @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]   # (B,T,3C)
+        q, k, v = np.split(qkv, 3, axis=-1)
+        heads = []
+        for j in range(H):
+            s = slice(j * C // H, (j + 1) * C // H)
+            att = q[..., s] @ k[..., s].transpose(0, 2, 1) / np.sqrt(C // H) + mask
+            att = np.exp(att - att.max(-1, keepdims=True))
+            heads.append((att / att.sum(-1, keepdims=True)) @ v[..., s])
+        x = x + np.concatenate(heads, -1) @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
+        h = ln(x, W[p + "ln_2.weight"], W[p + "ln_2.bias"])
+        x = x + gelu(h @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"]) \
+            @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
+    return ln(x, W["ln_f.weight"], W["ln_f.bias"]) @ W["wte.weight"].T  # (B,T,V)
+
+
+def ref_loss(logits, targets):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, targets[..., None], -1).mean()
+
+
+# ---- configuration, names, initialisation -------------------------------------------------------
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        pyllm.GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match=">= 1"):
+        pyllm.GPTConfig(n_layer=0)
+    with pytest.raises(TypeError):
+        pyllm.GPTConfig(vocab_size=65.0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        pyllm.GPTConfig.from_dict(dict(TINY, dropout=0.1))
+    assert pyllm.GPTConfig.from_dict(dict(TINY)) == pyllm.GPTConfig(**TINY)
+
+
+def test_state_dict_has_gpt2_names_and_shapes():
+    m = tiny()
+    sd = m.state_dict()
+    C = 8
+    want = {"wte.weight": (11, C), "wpe.weight": (8, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(2):
+        p = "h.%d." % i
+        want.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,),
+                     p + "ln_2.bias": (C,), p + "attn.c_attn.weight": (C, 3 * C),
+                     p + "attn.c_attn.bias": (3 * C,), p + "attn.c_proj.weight": (C, C),
+                     p + "attn.c_proj.bias": (C,), p + "mlp.c_fc.weight": (C, 4 * C),
+                     p + "mlp.c_fc.bias": (4 * C,), p + "mlp.c_proj.weight": (4 * C, C),
+                     p + "mlp.c_proj.bias": (C,)})
+    assert {k: v.shape for k, v in sd.items()} == want
+    assert all(v.dtype == np.float32 for v in sd.values())
+    assert m.num_params == sum(math.prod(s) for s in want.values())
+
+
+def test_initialisation_as_gpt2():
+    m = pyllm.GPT(pyllm.GPTConfig(vocab_size=500, block_size=64, n_layer=3, n_head=4, n_embd=64))
+    sd = m.state_dict()
+    assert abs(sd["wte.weight"].std() - 0.02) < 0.001
+    assert abs(sd["h.0.mlp.c_fc.weight"].std() - 0.02) < 0.001
+    proj = np.concatenate([sd["h.%d.attn.c_proj.weight" % i].ravel() for i in range(3)] +
+                          [sd["h.%d.mlp.c_proj.weight" % i].ravel() for i in range(3)])
+    assert abs(proj.std() - 0.02 / math.sqrt(6)) < 0.0005
+    assert all(np.all(v == 0) for k, v in sd.items() if k.endswith(".bias"))
+    assert all(np.all(v == 1) for k, v in sd.items() if "ln_" in k and k.endswith(".weight"))
+    # same seed, same weights; another seed, other weights
+    assert np.array_equal(pyllm.GPT(m.config, seed=0).params, m.params)
+    assert not np.array_equal(pyllm.GPT(m.config, seed=1).params, m.params)
+
+
+# ---- forward and loss against the reference ---------------------------------------------------
+
+def randomize(m, seed=0, scale=0.3):
+    """Give every parameter (biases and gains included) non-trivial values."""
+    r = np.random.default_rng(seed)
+    m.params[...] = r.standard_normal(m.params.shape) * scale
+    for k, v in m.state_dict().items():
+        if "ln_" in k and k.endswith("weight"):
+            v += 1.0
+
+
+def test_forward_and_loss_match_reference(backend, rng):
+    m = tiny()
+    randomize(m)
+    idx, tgt = batch(rng, 3, 8, 11)
+    want = ref_forward(m.state_dict(), m.config, idx)
+    logits = m.forward(idx)
+    assert logits.shape == (3, 8, 11) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
+    assert abs(m.loss(idx, tgt) - ref_loss(want, tgt)) < 1e-5
+    # one sequence (T,) works as (1, T); shorter T than block_size too
+    np.testing.assert_allclose(m.forward(idx[0, :5]), want[:1, :5], rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_gradient_matches_finite_differences():
+    pyllm.set_backend("numpy")
+    try:
+        m = tiny(dtype=np.float64)
+        randomize(m, seed=3)
+        rng = np.random.default_rng(5)
+        idx, tgt = batch(rng, 2, 7, 11)
+        loss, grads = m.loss_and_grads(idx, tgt)
+        assert abs(loss - ref_loss(ref_forward(m.state_dict(), m.config, idx), tgt)) < 1e-10
+        ana = grads.flat.copy()
+        picks = rng.choice(m.params.size, 60, replace=False)
+        eps = 1e-6
+        for i in picks:
+            old = m.params[i]
+            m.params[i] = old + eps
+            lp = m.loss(idx, tgt)
+            m.params[i] = old - eps
+            lm = m.loss(idx, tgt)
+            m.params[i] = old
+            num = (lp - lm) / (2 * eps)
+            assert abs(ana[i] - num) <= 1e-6 + 1e-5 * abs(num), (i, ana[i], num)
+        # every named gradient view is a view of the same slab
+        for k, g in grads.items():
+            assert np.shares_memory(g, grads.flat)
+    finally:
+        pyllm.set_backend("auto")
+
+
+def test_backends_agree_on_logits_loss_and_grads(rng):
+    from conftest import need_c
+    need_c()
+    cfg = pyllm.GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24)
+    idx, tgt = batch(rng, 4, 24, 37)
+    out = {}
+    for be in ("numpy", "c"):
+        pyllm.set_backend(be)
+        m = pyllm.GPT(cfg, seed=7)
+        randomize(m, seed=1, scale=0.1)
+        loss, g = m.loss_and_grads(idx, tgt)
+        out[be] = (m.forward(idx), loss, g.flat.copy())
+    pyllm.set_backend("auto")
+    np.testing.assert_allclose(out["c"][0], out["numpy"][0], rtol=1e-4, atol=1e-5)
+    assert abs(out["c"][1] - out["numpy"][1]) < 1e-5
+    np.testing.assert_allclose(out["c"][2], out["numpy"][2], rtol=1e-3, atol=1e-6)
+
+
+def test_accumulated_gradients_equal_the_big_batch(backend, rng):
+    m = tiny()
+    randomize(m, scale=0.1)
+    idx, tgt = batch(rng, 4, 8, 11)
+    _, g = m.loss_and_grads(idx, tgt)
+    full = g.flat.copy()
+    m.loss_and_grads(idx[:2], tgt[:2], loss_scale=0.5)
+    m.loss_and_grads(idx[2:], tgt[2:], accumulate=True, loss_scale=0.5)
+    np.testing.assert_allclose(m.grads.flat, full, rtol=1e-4, atol=1e-7)
+
+
+def test_bad_inputs_to_the_model(backend):
+    m = tiny()
+    with pytest.raises(ValueError, match="block_size"):
+        m.forward(np.zeros((1, 9), np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        m.forward(np.array([[1, 11]]))
+    with pytest.raises(ValueError, match="outside"):
+        m.forward(np.array([[-1, 0]]))
+    with pytest.raises(TypeError, match="integer"):
+        m.forward(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        m.loss(np.zeros((2, 3), np.int64), np.zeros((2, 4), np.int64))
+    with pytest.raises(ValueError, match="non-empty"):
+        m.forward(np.zeros((1, 0), np.int64))
+    with pytest.raises(TypeError):
+        pyllm.GPT(dict(TINY))
+
+
+# ---- optimisation -------------------------------------------------------------------------------
+
+def test_adamw_matches_textbook_formula(backend, rng):
+    m = tiny()
+    randomize(m, scale=0.1)
+    p0 = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+    opt = pyllm.AdamW(m, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    mom = {k: np.zeros_like(v) for k, v in p0.items()}
+    vel = {k: np.zeros_like(v) for k, v in p0.items()}
+    for t in range(1, 4):
+        idx, tgt = batch(rng, 2, 8, 11)
+        _, g = m.loss_and_grads(idx, tgt)
+        gd = {k: v.astype(np.float64) for k, v in g.items()}
+        opt.step(g)
+        for k in p0:
+            wd = 0.1 if p0[k].ndim >= 2 else 0.0
+            mom[k] = 0.9 * mom[k] + 0.1 * gd[k]
+            vel[k] = 0.95 * vel[k] + 0.05 * gd[k] ** 2
+            upd = (mom[k] / (1 - 0.9 ** t)) / (np.sqrt(vel[k] / (1 - 0.95 ** t)) + 1e-8)
+            p0[k] = p0[k] - 1e-2 * (upd + wd * p0[k])
+        for k, v in m.state_dict().items():
+            np.testing.assert_allclose(v, p0[k], rtol=1e-4, atol=1e-5, err_msg=k)
+            p0[k] = v.astype(np.float64)  # follow the float32 trajectory
+
+
+def test_adamw_lr_assignable_and_plain_dict_grads(backend):
+    m = tiny()
+    opt = pyllm.AdamW(m, lr=0.0)
+    before = m.params.copy()
+    grads = {k: np.ones_like(v) for k, v in m.state_dict().items()}
+    opt.step(grads)
+    assert np.array_equal(m.params, before)  # lr 0: nothing moves
+    opt.lr = 0.1
+    opt.step(grads)
+    assert np.all(m.params < before)        # positive grads: every parameter decreases
+    with pytest.raises(ValueError):
+        opt.step({"wte.weight": np.ones((11, 8), np.float32)})
+    opt.lr = -1.0
+    with pytest.raises(ValueError):
+        opt.step(grads)
+
+
+def test_clip_grad_norm(backend, rng):
+    m = tiny()
+    randomize(m)
+    _, g = m.loss_and_grads(*batch(rng, 2, 8, 11))
+    want = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
+    before = g.flat.copy()
+    norm = pyllm.clip_grad_norm(g, want / 4)
+    assert abs(norm - want) < 1e-6 * want
+    np.testing.assert_allclose(g.flat, before / 4, rtol=1e-5)
+    # a plain dict works too, and a small norm is left alone
+    d = {"a": np.full(4, 0.1, np.float32)}
+    assert abs(pyllm.clip_grad_norm(d, 1.0) - 0.2) < 1e-7
+    assert np.allclose(d["a"], 0.1)
+
+
+def test_cosine_schedule():
+    f = lambda s: pyllm.cosine_lr(s, 1e-3, 1e-4, 100, 2000)  # noqa: E731
+    assert f(0) == pytest.approx(1e-3 / 101)
+    assert f(99) == pytest.approx(1e-3 * 100 / 101)
+    assert f(100) == pytest.approx(1e-3)
+    assert f(1050) == pytest.approx(1e-4 + 0.5 * 0.9e-3)
+    assert f(2000) == pytest.approx(1e-4) and f(5000) == pytest.approx(1e-4)
+
+
+def test_training_reduces_loss(backend):
+    """A few hundred steps on a repeating pattern drive the loss near zero."""
+    m = tiny(seed=1)
+    opt = pyllm.AdamW(m, lr=3e-3, weight_decay=0.0)
+    seq = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    first = None
+    for _ in range(300):
+        loss, g = m.loss_and_grads(seq[:, :-1], seq[:, 1:])
+        first = first if first is not None else loss
+        pyllm.clip_grad_norm(g, 1.0)
+        opt.step(g)
+    assert first > 2.0 and loss < 0.1
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+def test_greedy_with_and_without_cache_identical(backend):
+    m = tiny(seed=2)
+    randomize(m, seed=2, scale=0.5)
+    prompt = np.array([[3, 1, 4], [1, 5, 9]])
+    a = m.generate(prompt, max_new_tokens=12, temperature=0, use_cache=True)   # beyond block 8
+    b = m.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
+    assert a.shape == (2, 15) and np.array_equal(a[:, :3], prompt)
+    assert np.array_equal(a, b)
+    # and the cache-free path is plain argmax of forward on the last block_size tokens
+    seq = prompt[:1]
+    for _ in range(12):
+        nxt = int(np.argmax(m.forward(seq[:, -8:])[0, -1]))
+        seq = np.concatenate([seq, [[nxt]]], axis=1)
+    assert np.array_equal(seq, a[:1])
+
+
+def test_sampling_same_seed_same_tokens_on_both_backends():
+    from conftest import need_c
+    need_c()
+    outs = []
+    for be in ("numpy", "c"):
+        pyllm.set_backend(be)
+        m = tiny(seed=4)
+        randomize(m, seed=4, scale=0.2)
+        outs.append(m.generate(np.array([[1, 2]]), 20, temperature=0.9, top_k=6, top_p=0.95,
+                               seed=11))
+    pyllm.set_backend("auto")
+    assert np.array_equal(outs[0], outs[1])
+    m = tiny(seed=4)
+    assert not np.array_equal(m.generate([[1, 2]], 20, temperature=1.0, seed=1),
+                              m.generate([[1, 2]], 20, temperature=1.0, seed=2))
+
+
+def test_stream_and_callback_yield_tokens_as_they_come(backend):
+    m = tiny()
+    got = []
+    out = m.generate([[1]], 5, temperature=1.0, seed=3, callback=lambda t: got.append(int(t[0])))
+    assert got == list(out[0, 1:])
+    assert [int(t[0]) for t in m.stream([[1]], 5, temperature=1.0, seed=3)] == got
+
+
+def test_sample_token_rules():
+    z = np.array([0.0, 5.0, 4.0, -2.0, 4.5])
+    assert sample_token(z, 0, None, None, RNG(0)) == 1
+    r = RNG(0)
+    draws = {sample_token(z, 1.0, 2, None, r) for _ in range(300)}
+    assert draws == {1, 4}                                  # top_k=2 keeps ids 1 and 4
+    r = RNG(0)
+    assert {sample_token(z, 1.0, None, 0.1, r) for _ in range(100)} == {1}
+    # frequencies follow softmax(z / T)
+    r = RNG(5)
+    counts = np.bincount([sample_token(z, 2.0, None, None, r) for _ in range(4000)], minlength=5)
+    p = np.exp(z / 2) / np.exp(z / 2).sum()
+    assert np.all(np.abs(counts / 4000 - p) < 0.03)
+    with pytest.raises(ValueError):
+        tiny().generate([[1]], 3, temperature=-1)
+    with pytest.raises(ValueError):
+        tiny().generate([[1]], 3, top_p=0.0)
+    with pytest.raises(ValueError):
+        tiny().generate([[1]], 3, top_k=0)
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+def test_save_and_load_round_trip(tmp_path, backend):
+    m = tiny(seed=9)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    m2 = pyllm.load(path)
+    assert m2.config == m.config and np.array_equal(m2.params, m.params)
+
+
+def test_corrupt_model_files_raise(tmp_path):
+    m = tiny()
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc").write_bytes(data[:len(data) // 2])
+    with pytest.raises(pyllm.CheckpointError):
+        pyllm.load(tmp_path / "trunc")
+    (tmp_path / "junk").write_bytes(b"\x00" * 100)
+    with pytest.raises(pyllm.CheckpointError):
+        pyllm.load(tmp_path / "junk")
+    save_safetensors(tmp_path / "other", {"x": np.zeros(3, np.float32)}, {"format": "pt"})
+    with pytest.raises(pyllm.CheckpointError, match="not a pyllm model"):
+        pyllm.load(tmp_path / "other")
+    with pytest.raises(FileNotFoundError):
+        pyllm.load(tmp_path / "missing")
+    sd = {k: v.copy() for k, v in m.state_dict().items()}
+    sd["wte.weight"][0, 0] = np.nan
+    from pyllm.model import model_metadata
+    save_safetensors(tmp_path / "nan", sd, model_metadata(m.config))
+    with pytest.raises(pyllm.CheckpointError, match="non-finite"):
+        pyllm.load(tmp_path / "nan")
+
+
+def _hf_checkpoint(m, directory, prefix="transformer.", with_config=True):
+    """Write m as Hugging Face's GPT2LMHeadModel would: prefix, mask buffers, lm_head."""
+    os.makedirs(directory, exist_ok=True)
+    T = m.config.block_size
+    t = {prefix + k: v.copy() for k, v in m.state_dict().items()}
+    for i in range(m.config.n_layer):
+        t[prefix + "h.%d.attn.bias" % i] = np.tril(np.ones((1, 1, T, T), np.float32))
+        t[prefix + "h.%d.attn.masked_bias" % i] = np.array(-1e4, np.float32)
+    t["lm_head.weight"] = m.state_dict()["wte.weight"].copy()
+    save_safetensors(os.path.join(directory, "model.safetensors"), t, {"format": "pt"})
+    if with_config:
+        c = m.config
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump({"model_type": "gpt2", "n_embd": c.n_embd, "n_head": c.n_head,
+                       "n_layer": c.n_layer, "n_positions": c.block_size,
+                       "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5}, f)
+
+
+def test_load_gpt2_hugging_face_layout(tmp_path):
+    m = tiny(seed=5)
+    randomize(m, seed=5)
+    _hf_checkpoint(m, tmp_path / "hf")
+    g = pyllm.load_gpt2(tmp_path / "hf")
+    assert g.config == m.config and np.array_equal(g.params, m.params)
+    # the file alone, without prefix: n_head must then be given (n_embd 8 is no GPT-2 size)
+    _hf_checkpoint(m, tmp_path / "bare", prefix="", with_config=False)
+    with pytest.raises(pyllm.CheckpointError, match="n_head"):
+        pyllm.load_gpt2(tmp_path / "bare" / "model.safetensors")
+    g2 = pyllm.load_gpt2(tmp_path / "bare" / "model.safetensors", n_head=2)
+    assert np.array_equal(g2.forward([[1, 2, 3]]), m.forward([[1, 2, 3]]))
+    with pytest.raises(FileNotFoundError):
+        pyllm.load_gpt2(tmp_path / "nothing")
