@@ -1,0 +1,232 @@
+"""The command line: ``python -m pyllm train | sample | info`` (also the ``pyllm`` script)."""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+
+
+def _add_backend_args(p):
+    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None,
+                   help="kernel backend (default: $PYLLM_BACKEND or auto)")
+    p.add_argument("--threads", type=int, default=None, help="C kernel threads (default: all)")
+
+
+def _apply_backend_args(args):
+    import pyllm
+    if args.backend:
+        pyllm.set_backend(args.backend)
+    if args.threads:
+        pyllm.set_num_threads(args.threads)
+
+
+def _sample_args(p):
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser():
+    """The argparse parser of every sub-command."""
+    ap = argparse.ArgumentParser(prog="pyllm", description="A small GPT-2 from scratch: train, "
+                                 "sample, and inspect the build.")
+    ap.add_argument("--version", action="version", version="pyllm " + __version__)
+    sub = ap.add_subparsers(dest="command", metavar="{train,sample,info}")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model (default: the tiny preset on text from "
+                       "this Python's standard library), then print a sample")
+    t.add_argument("--data", default=None, help="a text file or a directory of text files "
+                   "(default: the embedded default corpus)")
+    t.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
+    t.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
+    from .train import PRESETS
+    t.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    t.add_argument("--out", default="out", help="checkpoint directory (default: out)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    for name, typ in (("steps", int), ("batch-size", int), ("block-size", int),
+                      ("n-layer", int), ("n-head", int), ("n-embd", int), ("lr", float),
+                      ("min-lr", float), ("warmup", int), ("beta2", float),
+                      ("eval-interval", int)):
+        t.add_argument("--" + name, type=typ, default=None, help="(default: from the preset)")
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--eval-iters", type=int, default=20)
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--sample-tokens", type=int, default=300,
+                   help="tokens to sample after training (0: none)")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_backend_args(t)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 download")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a training directory (or model file) written by pyllm")
+    src.add_argument("--gpt2", help="a Hugging Face GPT-2 directory (config.json, "
+                     "model.safetensors, vocab.json + merges.txt)")
+    s.add_argument("--tokenizer-file", default=None,
+                   help="tokenizer for --ckpt when it is a bare model file")
+    _sample_args(s)
+    s.add_argument("--no-cache", action="store_true", help="recompute instead of the KV cache")
+    _add_backend_args(s)
+
+    i = sub.add_parser("info", help="version, backend, threads, build flags, kernel self-test")
+    _add_backend_args(i)
+    return ap
+
+
+def _stream_sample(model, tokenizer, prompt, args, use_cache=True):
+    """Print prompt + sampled text, decoding incrementally as tokens arrive."""
+    if prompt is None:
+        prompt = "\n"
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as exc:
+        raise SystemExit("error: the prompt cannot be encoded: %s" % exc)
+    if not ids:
+        raise SystemExit("error: the prompt encodes to no tokens")
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    new, shown = [], ""
+    t0 = time.time()
+    for tok in model.stream(np.array([ids]), args.max_new_tokens, args.temperature, args.top_k,
+                            args.top_p, args.seed, use_cache=use_cache):
+        new.append(int(tok[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # a multi-byte character still incomplete
+            continue
+        out.write(text[len(shown):])
+        out.flush()
+        shown = text
+    text = tokenizer.decode(new)
+    out.write(text[len(shown):] + "\n")
+    out.flush()
+    dt = time.time() - t0
+    print("[%d tokens in %.2f s, %.1f tokens/s]" % (len(new), dt, len(new) / max(dt, 1e-9)),
+          file=sys.stderr)
+
+
+def cmd_train(args):
+    from .train import TrainConfig, TrainingDiverged, train
+    cfg = TrainConfig(data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                      preset=args.preset, out=args.out, steps=args.steps,
+                      batch_size=args.batch_size, block_size=args.block_size,
+                      n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, lr=args.lr,
+                      min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                      beta2=args.beta2, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
+                      eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+                      seed=args.seed)
+    try:
+        res = train(cfg, resume=args.resume, progress=not args.quiet)
+    except TrainingDiverged as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 3
+    print("trained to step %d in %.1f s: train loss %s, val loss %s; saved in %s" % (
+        res["step"], res["elapsed"], "%.4f" % res["loss"] if res["loss"] is not None else "-",
+        "%.4f" % res["val_loss"] if res["val_loss"] is not None else "-", args.out),
+        file=sys.stderr)
+    if res["interrupted"]:
+        return 130
+    if args.sample_tokens > 0:
+        print("--- sample (temperature 0.8, top-k 40) ---", file=sys.stderr)
+        ns = argparse.Namespace(max_new_tokens=args.sample_tokens, temperature=0.8, top_k=40,
+                                top_p=None, seed=0)
+        _stream_sample(res["model"], res["tokenizer"], "\n", ns)
+    return 0
+
+
+def cmd_sample(args):
+    import pyllm
+    from .checkpoint import TOKENIZER_FILE
+    if args.gpt2:
+        model = pyllm.load_gpt2(args.gpt2)
+        tokenizer = pyllm.BPETokenizer.from_gpt2(args.gpt2)
+    else:
+        model = pyllm.load(args.ckpt)
+        tf = args.tokenizer_file
+        if tf is None:
+            base = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(args.ckpt)
+            tf = os.path.join(base, TOKENIZER_FILE)
+        if not os.path.exists(tf):
+            raise SystemExit("error: no tokenizer found at %s (pass --tokenizer-file)" % tf)
+        tokenizer = pyllm.load_tokenizer(tf)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SystemExit("error: the tokenizer (%d ids) does not fit the model (%d)"
+                         % (tokenizer.vocab_size, model.config.vocab_size))
+    _stream_sample(model, tokenizer, args.prompt, args, use_cache=not args.no_cache)
+    return 0
+
+
+def self_test():
+    """Run every kernel on small random inputs in both backends; returns [(name, max_err)]."""
+    from .backend import backend_module, c_unavailable_reason
+    if c_unavailable_reason():
+        return []
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    x, w, b = f(6, 16), f(16, 24), f(24)
+    qkv = f(2, 9, 24)
+    cases = {
+        "matmul_forward": ([np.empty((6, 24), np.float32), x, w, b], 0),
+        "layernorm_forward": ([np.empty_like(x), None, None, x, f(16), f(16)], 0),
+        "gelu_forward": ([np.empty_like(x), x], 0),
+        "softmax_forward": ([np.empty_like(x), x], 0),
+        "crossentropy_forward": ([np.empty(6, np.float32), x, np.arange(6)], 0),
+        "attention_forward": ([np.empty((2, 9, 8), np.float32), np.empty((2, 2, 9), np.float32),
+                               qkv, 2], 0),
+    }
+    res = []
+    for name, (args, out_i) in cases.items():
+        outs = []
+        for be in ("numpy", "c"):
+            a = [v.copy() if isinstance(v, np.ndarray) else v for v in args]
+            getattr(backend_module(be), name)(*a)
+            outs.append(a[out_i])
+        res.append((name, float(np.max(np.abs(outs[0] - outs[1])))))
+    return res
+
+
+def cmd_info(args):
+    import pyllm
+    from .backend import backend_module, c_unavailable_reason
+    print("pyllm %s (Python %s, NumPy %s)" % (__version__, sys.version.split()[0],
+                                              np.__version__))
+    print("backend: %s (%s)" % (pyllm.get_backend(), pyllm.backend_reason()))
+    reason = c_unavailable_reason()
+    if reason:
+        print("C extension: unavailable: %s" % reason)
+    else:
+        c = backend_module("c")
+        print("C extension: %s" % c.build_info())
+        print("OpenMP: %s, threads: %d; SIMD micro-kernels: %s" % (
+            "yes" if c.has_openmp() else "no", pyllm.get_num_threads(),
+            "AVX2+FMA" if c.simd_level() else "portable C"))
+        worst = 0.0
+        for name, err in self_test():
+            worst = max(worst, err)
+            print("  self-test %-22s max |C - NumPy| = %.2e" % (name, err))
+        print("self-test: %s" % ("ok" if worst < 1e-4 else "FAILED"))
+        if worst >= 1e-4:
+            return 1
+    return 0
+
+
+def main(argv=None):
+    """Entry point of ``python -m pyllm`` and the ``pyllm`` script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        _apply_backend_args(args)
+        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, RuntimeError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0

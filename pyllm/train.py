@@ -1,0 +1,322 @@
+"""The training loop: data, schedule, accumulation, evaluation, progress, log, checkpoints.
+
+``train(TrainConfig(...))`` trains a GPT on a text file, a directory of text files, or the default
+corpus (text from the running Python's standard library), and writes into ``out``:
+
+- ``checkpoint.safetensors``: model, AdamW state, step, batch-RNG state and settings (one file,
+  written atomically; see :mod:`pyllm.checkpoint`);
+- ``tokenizer.txt``, ``config.json`` (readable settings), ``tokens.bin`` (+ ``.json``, the token
+  cache), ``log.jsonl`` (one JSON object per step and per evaluation) and ``loss.svg``.
+
+Resuming (``resume=True``) continues from the checkpoint so that the losses equal those of an
+uninterrupted run, step for step. Ctrl-C (SIGINT) finishes the current step, saves and returns.
+A NaN or Inf loss stops training with :class:`TrainingDiverged` and leaves the last good
+checkpoint untouched.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import data as data_mod
+from .checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
+from .model import GPT, GPTConfig
+from .optim import AdamW, clip_grad_norm, cosine_lr
+from .plot import write_loss_curve
+from .rng import RNG
+from .tensorfile import atomic_write_text
+from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+
+# Model and run presets. "shakespeare" is nanoGPT's CPU recipe for Shakespeare-char.
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=16, steps=1500,
+                 lr=1e-3, min_lr=1e-4, warmup=100, beta2=0.99, eval_interval=250),
+    "shakespeare": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                        steps=2000, lr=1e-3, min_lr=1e-4, warmup=100, beta2=0.99,
+                        eval_interval=250),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, steps=5000,
+                  lr=1e-3, min_lr=1e-4, warmup=200, beta2=0.99, eval_interval=500),
+}
+LOG_FILE, CURVE_FILE, CONFIG_FILE, TOKENS_FILE = "log.jsonl", "loss.svg", "config.json", \
+    "tokens.bin"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run. ``None`` fields take the preset's value."""
+    data: Optional[str] = None          # text file or directory; None: the default corpus
+    tokenizer: str = "char"             # "char" or "bpe"
+    vocab_size: int = 512               # BPE vocabulary size (bpe only)
+    preset: str = "tiny"
+    out: str = "out"
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    block_size: Optional[int] = None
+    n_layer: Optional[int] = None
+    n_head: Optional[int] = None
+    n_embd: Optional[int] = None
+    lr: Optional[float] = None
+    min_lr: Optional[float] = None
+    warmup: Optional[int] = None
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: Optional[float] = None
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_interval: Optional[int] = None
+    eval_iters: int = 20
+    val_fraction: float = 0.1
+    seed: int = 1337
+    stop_at: Optional[int] = None       # stop (and save) before this step, as Ctrl-C would
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self):
+        """A copy with every ``None`` filled from the preset, validated."""
+        if self.preset not in PRESETS:
+            raise ValueError("unknown preset %r; choose one of %s" % (self.preset,
+                                                                    ", ".join(PRESETS)))
+        c = dataclasses.replace(self)
+        for k, v in PRESETS[self.preset].items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        if c.tokenizer not in ("char", "bpe"):
+            raise ValueError("tokenizer must be 'char' or 'bpe', got %r" % c.tokenizer)
+        for k in ("steps", "batch_size", "block_size", "n_layer", "n_head", "n_embd",
+                  "grad_accum", "eval_interval", "eval_iters"):
+            v = getattr(c, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError("%s must be an integer >= 1, got %r" % (k, v))
+        if not isinstance(c.warmup, int) or c.warmup < 0:
+            raise ValueError("warmup must be an integer >= 0, got %r" % (c.warmup,))
+        for k in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            v = getattr(c, k)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError("%s must be a finite number >= 0, got %r" % (k, v))
+        if c.grad_clip == 0:
+            raise ValueError("grad_clip must be > 0")
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(c, k) < 1:
+                raise ValueError("%s must be in [0, 1)" % k)
+        if not 0 < c.val_fraction <= 0.5:
+            raise ValueError("val_fraction must be in (0, 0.5], got %r" % (c.val_fraction,))
+        if c.n_embd % c.n_head:
+            raise ValueError("n_embd (%d) must be divisible by n_head (%d)" % (c.n_embd, c.n_head))
+        return c
+
+
+def _format_time(s):
+    s = int(max(0, s))
+    return "%dh%02dm" % (s // 3600, s % 3600 // 60) if s >= 3600 else "%dm%02ds" % (s // 60, s % 60)
+
+
+def estimate_loss(model, dataset, split, iters, batch_size, block_size, seed):
+    """Mean loss over ``iters`` random batches drawn with a fresh RNG(seed) (the same batches
+    every time it is called with the same seed)."""
+    rng = RNG(seed)
+    losses = [model.loss(*dataset.get_batch(split, batch_size, block_size, rng))
+              for _ in range(iters)]
+    return float(np.mean(losses))
+
+
+def _read_log(path, before_step=None):
+    """Entries of log.jsonl (those with step < before_step when given)."""
+    out = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line after a crash
+                if before_step is None or e.get("step", 0) < before_step:
+                    out.append(e)
+    return out
+
+
+def _write_curve(out):
+    train, val = [], []
+    for e in _read_log(os.path.join(out, LOG_FILE)):
+        if "loss" in e:
+            train.append((e["step"], e["loss"]))
+        if "val_loss" in e:
+            val.append((e["step"], e["val_loss"]))
+    write_loss_curve(os.path.join(out, CURVE_FILE), {"train": train, "val": val},
+                     title="pyllm training loss")
+
+
+def prepare_data(cfg, log, tokenizer=None):
+    """Read the text, build (or reuse) the tokenizer, and tokenize with the on-disk cache."""
+    if cfg.data is None:
+        text, desc = data_mod.default_corpus()
+        log("data: the default corpus (%s)" % desc)
+    else:
+        text = data_mod.read_text(cfg.data)
+        log("data: %s (%s characters)" % (cfg.data, format(len(text), ",")))
+    if tokenizer is None:
+        t0 = time.time()
+        if cfg.tokenizer == "char":
+            tokenizer = CharTokenizer.train(text)
+        else:
+            tokenizer = BPETokenizer.train(text, cfg.vocab_size)
+        log("tokenizer: %s, vocabulary %d (%.1f s)" % (cfg.tokenizer, tokenizer.vocab_size,
+                                                       time.time() - t0))
+    tokens = data_mod.tokenize_cached(text, tokenizer, os.path.join(cfg.out, TOKENS_FILE))
+    ds = data_mod.TokenDataset(tokens, cfg.val_fraction)
+    log("tokens: %s train, %s val" % (format(ds.n_train, ","), format(ds.n_val, ",")))
+    return tokenizer, ds
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag checked between steps (a step is never cut in half)."""
+
+    def __init__(self):
+        self.hit = False
+        self.old = None
+
+    def __enter__(self):
+        try:
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread: no handler, Ctrl-C behaves as usual
+            self.old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.hit:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+
+def train(cfg, resume=False, log=None, progress=True):
+    """Run training as described by ``cfg`` (a :class:`TrainConfig`); returns a dict with the
+    model, tokenizer, final step, last train and validation loss and whether it was interrupted.
+    ``log`` receives human-readable lines (default: print to stderr)."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = cfg.out
+    os.makedirs(out, exist_ok=True)
+    if resume:
+        model, opt_state, state = load_checkpoint(out)
+        saved = dict(state["train"])
+        # the run's settings come from the checkpoint; only the length and stop may change
+        saved.update(steps=cfg.steps or saved["steps"], stop_at=cfg.stop_at)
+        cfg = TrainConfig(**saved).resolved()
+        tokenizer = load_tokenizer(os.path.join(out, TOKENIZER_FILE))
+        tokenizer, ds = prepare_data(cfg, log, tokenizer)
+        opt = AdamW(model, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
+        opt.load_state_dict(opt_state)
+        rng = RNG(0)
+        rng.set_state(state["rng"])
+        start = state["step"]
+        log("resuming from step %d" % start)
+    else:
+        cfg = cfg.resolved()
+        tokenizer, ds = prepare_data(cfg, log)
+        tokenizer.save(os.path.join(out, TOKENIZER_FILE))
+        mcfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
+                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+        model = GPT(mcfg, seed=cfg.seed)
+        opt = AdamW(model, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
+        rng = RNG(cfg.seed)
+        start = 0
+        if os.path.exists(os.path.join(out, LOG_FILE)):
+            os.remove(os.path.join(out, LOG_FILE))
+    settings = dataclasses.asdict(cfg)
+    atomic_write_text(os.path.join(out, CONFIG_FILE),
+                      json.dumps({"model": model.config.to_dict(), "train": settings},
+                                 indent=2) + "\n")
+    # keep the log consistent with the checkpoint: drop entries of steps it does not contain
+    kept = _read_log(os.path.join(out, LOG_FILE), before_step=start)
+    atomic_write_text(os.path.join(out, LOG_FILE), "".join(json.dumps(e) + "\n" for e in kept))
+    log("model: %s" % model)
+    from .backend import get_backend, get_num_threads
+    log("backend: %s, %d thread(s); %d steps of %d x %d tokens%s" % (
+        get_backend(), get_num_threads(), cfg.steps, cfg.batch_size, cfg.block_size,
+        " x %d accumulated" % cfg.grad_accum if cfg.grad_accum > 1 else ""))
+
+    def checkpoint(step):
+        save_checkpoint(out, model, opt, {"step": step, "rng": rng.get_state(),
+                                          "train": settings})
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    result = {"model": model, "tokenizer": tokenizer, "interrupted": False,
+              "loss": None, "val_loss": None}
+    logf = open(os.path.join(out, LOG_FILE), "a", encoding="utf-8")
+    t_start, step = time.time(), start
+    recent = []
+    try:
+        with _Interrupt() as intr:
+            for step in range(start, cfg.steps):
+                if intr.hit or (cfg.stop_at is not None and step >= cfg.stop_at):
+                    checkpoint(step)
+                    _write_curve(out)
+                    result["interrupted"] = True
+                    if progress:
+                        sys.stderr.write("\n")
+                    log("stopped at step %d; checkpoint saved in %s (continue with --resume)"
+                        % (step, out))
+                    break
+                t0 = time.time()
+                lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
+                opt.lr = lr
+                loss = 0.0
+                for micro in range(cfg.grad_accum):
+                    x, y = ds.get_batch("train", cfg.batch_size, cfg.block_size, rng)
+                    li, grads = model.loss_and_grads(x, y, accumulate=micro > 0,
+                                                     loss_scale=1.0 / cfg.grad_accum)
+                    loss += li / cfg.grad_accum
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        "the loss became %r at step %d; stopping. The last good checkpoint in "
+                        "%s was kept. Try a lower learning rate (now %g) or stronger gradient "
+                        "clipping." % (loss, step, out, lr))
+                norm = clip_grad_norm(grads, cfg.grad_clip)
+                opt.step(grads)
+                dt = time.time() - t0
+                recent = (recent + [dt])[-20:]
+                tps = tokens_per_step / max(1e-9, float(np.median(recent)))
+                entry = {"step": step, "loss": loss, "lr": lr,
+                         "grad_norm": round(norm, 6), "tokens_per_s": round(tps, 1),
+                         "time": round(time.time() - t_start, 3)}
+                result["loss"] = loss
+                last = step == cfg.steps - 1
+                if (step + 1) % cfg.eval_interval == 0 or last:
+                    entry["val_loss"] = float(estimate_loss(
+                        model, ds, "val", cfg.eval_iters, cfg.batch_size, cfg.block_size,
+                        cfg.seed + 1))
+                    result["val_loss"] = entry["val_loss"]
+                logf.write(json.dumps(entry) + "\n")
+                logf.flush()
+                if progress:
+                    eta = (cfg.steps - step - 1) * tokens_per_step / tps
+                    sys.stderr.write("\rstep %d/%d | loss %.4f | lr %.2e | %s tok/s | ETA %s   "
+                                     % (step + 1, cfg.steps, loss, lr, format(int(tps), ","),
+                                        _format_time(eta)))
+                    sys.stderr.flush()
+                if "val_loss" in entry:
+                    checkpoint(step + 1)
+                    _write_curve(out)
+                    if progress:
+                        sys.stderr.write("\n")
+                    log("step %d: train loss %.4f, val loss %.4f (checkpoint saved)"
+                        % (step + 1, loss, entry["val_loss"]))
+            else:
+                step = cfg.steps
+    finally:
+        logf.close()
+    result["step"] = step
+    result["elapsed"] = time.time() - t_start
+    return result
