@@ -26,7 +26,7 @@ def f32(rng, *shape, scale=1.0):
 def cases(B, T, C, V, NH):
     """(label, kernel, args) at the shapes one training step of this config uses."""
     rng = np.random.default_rng(0)
-    N, hd = B * T, C // NH
+    N = B * T
     x, w1, w4 = f32(rng, N, C), f32(rng, C, 3 * C, scale=0.02), f32(rng, C, 4 * C, scale=0.02)
     idx = rng.integers(0, V, (B, T))
     qkv = f32(rng, B, T, 3 * C)

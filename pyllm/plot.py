@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from xml.sax.saxutils import escape
+
+from .tensorfile import atomic_write_text
 
 __all__ = ["MAX_POINTS", "loss_curve_svg", "nice_ticks", "write_loss_curve"]
 
@@ -292,33 +293,4 @@ def write_loss_curve(
     partial SVG.  Raises :class:`IsADirectoryError` if ``path`` is a
     directory; the temp file is removed on any error.
     """
-    data = loss_curve_svg(series, **kw).encode("utf-8")
-    target = os.fsdecode(os.fspath(path))
-    if os.path.isdir(target):
-        raise IsADirectoryError(f"{target}: refusing to write a file over an existing directory")
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(target) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    atomic_write_text(path, loss_curve_svg(series, **kw))

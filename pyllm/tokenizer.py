@@ -80,13 +80,14 @@ import json
 import operator
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
+
+from .tensorfile import atomic_write_text
 
 __all__ = [
     "EOT_TOKEN",
@@ -269,38 +270,6 @@ def _is_index(x) -> bool:
     return True
 
 
-def _atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    # Make the rename itself durable where the platform allows it.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 class _Reader:
     """Line-by-line parser for the tokenizer file format, with clear errors."""
 
@@ -454,7 +423,7 @@ class CharTokenizer:
         """Atomically write the tokenizer to ``path`` (format in the module docstring)."""
         lines = [f"{_MAGIC} {_FORMAT_VERSION} char", f"chars {len(self._chars)}"]
         lines += [str(ord(ch)) for ch in self._chars]
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, path) -> "CharTokenizer":
@@ -964,7 +933,7 @@ class BPETokenizer:
             f"merges {len(self._merges)}",
         ]
         lines += [f"{a} {b} {new}" for a, b, new in self._merges]
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, path) -> "BPETokenizer":

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import pyllm
 from pyllm.tokenizer import bytes_to_unicode
