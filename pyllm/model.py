@@ -189,8 +189,11 @@ class GPT:
                              qkv=e(B, T, 3 * C), atty=e(B, T, C), lse=e(B, NH, T),
                              attproj=e(B, T, C), res_2=e(B, T, C),
                              ln_2=e(B, T, C), ln_2_mean=e(B, T), ln_2_rstd=e(B, T),
-                             fch=e(B, T, 4 * C), fch_gelu=e(B, T, 4 * C), fcproj=e(B, T, C),
+                             fch=e(B, T, 4 * C), fcproj=e(B, T, C),
                              res_3=e(B, T, C)) for _ in range(L)],
+             # gelu(fch) is used at once by the next matmul and recomputed in backward, so one
+             # buffer serves every layer (saves 4C floats per token per layer)
+             "fch_gelu": e(B, T, 4 * C),
              "ln_f": e(B, T, C), "ln_f_mean": e(B, T), "ln_f_rstd": e(B, T),
              "logits": e(B, T, V), "losses": e(B, T),
              # backward scratch
@@ -248,8 +251,8 @@ class GPT:
                                   P[p + "ln_2.weight"], P[p + "ln_2.bias"])
             ops.matmul_forward(l["fch"], l["ln_2"], P[p + "mlp.c_fc.weight"],
                                P[p + "mlp.c_fc.bias"])                # (B,T,4C)
-            ops.gelu_forward(l["fch_gelu"], l["fch"])
-            ops.matmul_forward(l["fcproj"], l["fch_gelu"], P[p + "mlp.c_proj.weight"],
+            ops.gelu_forward(a["fch_gelu"], l["fch"])
+            ops.matmul_forward(l["fcproj"], a["fch_gelu"], P[p + "mlp.c_proj.weight"],
                                P[p + "mlp.c_proj.bias"])
             ops.residual_forward(l["res_3"], l["res_2"], l["fcproj"])
             x = l["res_3"]
@@ -318,9 +321,10 @@ class GPT:
             x_in = a["layers"][i - 1]["res_3"] if i > 0 else a["encoded"]
             # MLP: res_3 = res_2 + c_proj(gelu(c_fc(ln_2(res_2))))
             d_gelu, d_fch, d_ln2 = a["d4C"], a["d4C2"], a["dC"]
+            ops.gelu_forward(a["fch_gelu"], l["fch"])                 # recompute
             d_gelu.fill(0.0)
             ops.matmul_backward(d_gelu, G[p + "mlp.c_proj.weight"], G[p + "mlp.c_proj.bias"],
-                                dres, l["fch_gelu"], P[p + "mlp.c_proj.weight"])
+                                dres, a["fch_gelu"], P[p + "mlp.c_proj.weight"])
             d_fch.fill(0.0)
             ops.gelu_backward(d_fch, l["fch"], d_gelu)
             d_ln2.fill(0.0)
