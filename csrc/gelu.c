@@ -2,26 +2,74 @@
  *
  * forward:  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
  * backward: dy/dx = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+ *
+ * Computed through the logistic function, which needs one exp and no cancellation:
+ *   0.5 (1 + tanh(u)) = s = 1 / (1 + exp(-2u)),   0.5 (1 - tanh(u)^2) = 2 s (1 - s)
+ * with z = exp(-2|u|) in (0, 1] (never overflows) and q = 1 / (1 + z):
+ *   s = q (u >= 0),  z q (u < 0);     s (1 - s) = z q^2 (either sign).
+ * Element-wise loops over fixed blocks, vectorised (vm_expf_nonpos) and split over threads.
  */
-#include "internal.h"
+#include "vecmath.h"
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
+
+VM_INLINE void gelu_forward_block(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_K * (x + GELU_A * x * x * x);
+        float au = vm_u2f(vm_f2u(u) & 0x7FFFFFFFu);
+        float z = vm_expf_nonpos(-2.0f * au);
+        float q = 1.0f / (1.0f + z);
+        float s = vm_select(u >= 0.0f, q, z * q);
+        out[i] = x * s;
+    }
+}
+
+VM_INLINE void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_K * (x + GELU_A * x * x * x);
+        float au = vm_u2f(vm_f2u(u) & 0x7FFFFFFFu);
+        float z = vm_expf_nonpos(-2.0f * au);
+        float q = 1.0f / (1.0f + z);
+        float s = vm_select(u >= 0.0f, q, z * q);
+        float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+        float grad = s + 2.0f * x * (z * q * q) * du;
+        dinp[i] += grad * dout[i];
+    }
+}
+
+static void gelu_forward_c(float *out, const float *inp, size_t n) {
+    gelu_forward_block(out, inp, n);
+}
+static void gelu_backward_c(float *dinp, const float *inp, const float *dout, size_t n) {
+    gelu_backward_block(dinp, inp, dout, n);
+}
+#if VM_HAVE_AVX2
+VM_TARGET_AVX2 static void gelu_forward_avx2(float *out, const float *inp, size_t n) {
+    gelu_forward_block(out, inp, n);
+}
+VM_TARGET_AVX2 static void gelu_backward_avx2(float *dinp, const float *inp, const float *dout,
+                                              size_t n) {
+    gelu_backward_block(dinp, inp, dout, n);
+}
+#define PICK(name) (vm_use_avx2() ? name##_avx2 : name##_c)
+#else
+#define PICK(name) (name##_c)
+#endif
 
 /* out, inp (n) */
 int gelu_forward(float *out, const float *inp, int64_t n) {
     if (!out || !inp) return PYLLM_ERR_NULL;
     if (n < 0) return PYLLM_ERR_SIZE;
+    void (*block)(float *, const float *, size_t) = PICK(gelu_forward);
     int nb = pyllm_nblocks(n);
     PYLLM_PARALLEL_FOR
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
-        for (size_t i = i0; i < i1; i++) {
-            float x = inp[i];
-            float u = GELU_K * (x + GELU_A * x * x * x);
-            out[i] = 0.5f * x * (1.0f + tanhf(u));
-        }
+        block(out + i0, inp + i0, i1 - i0);
     }
     return PYLLM_OK;
 }
@@ -30,19 +78,13 @@ int gelu_forward(float *out, const float *inp, int64_t n) {
 int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
     if (!dinp || !inp || !dout) return PYLLM_ERR_NULL;
     if (n < 0) return PYLLM_ERR_SIZE;
+    void (*block)(float *, const float *, const float *, size_t) = PICK(gelu_backward);
     int nb = pyllm_nblocks(n);
     PYLLM_PARALLEL_FOR
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
-        for (size_t i = i0; i < i1; i++) {
-            float x = inp[i];
-            float u = GELU_K * (x + GELU_A * x * x * x);
-            float th = tanhf(u);
-            float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
-            float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
-            dinp[i] += grad * dout[i];
-        }
+        block(dinp + i0, inp + i0, dout + i0, i1 - i0);
     }
     return PYLLM_OK;
 }

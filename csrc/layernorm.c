@@ -4,32 +4,199 @@
  *           out = xhat * weight + bias
  * backward: dxhat = dout * weight;  dbias += sum_N dout;  dweight += sum_N dout * xhat
  *           dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+ *
+ * Row sums use VM_LANES float lanes combined in a fixed order (vecmath.h), so they vectorise.
+ * Blocks of rows are split over threads. The parameter gradients are sums over rows: threads own
+ * column slices of LN_CB columns and add the rows in order (float partial sums over LN_RB rows,
+ * added in double), so the result does not depend on the thread count.
  */
-#include "internal.h"
+#include "vecmath.h"
 
 #define LN_EPS 1e-5f
+#define LN_CB 32 /* columns per slice of the parameter-gradient reduction */
+#define LN_RB 64 /* rows per float partial sum in that reduction */
+
+/* sum of a[c] (sq == 0) or of (a[c] - m)^2 (sq == 1), in lanes (see vecmath.h) */
+VM_INLINE float lane_sum(const float *a, float m, int sq, int C) {
+    float tail = 0.0f;
+    int c = 0;
+    if (C >= VM_LANES) {
+        float acc[VM_LANES];
+        int ng = C / VM_LANES;
+        for (int k = 0; k < VM_LANES; k++) acc[k] = sq ? (a[k] - m) * (a[k] - m) : a[k];
+        for (int gi = 1; gi < ng; gi++) {
+            const float *ag = a + (size_t)gi * VM_LANES;
+            for (int k = 0; k < VM_LANES; k++) acc[k] += sq ? (ag[k] - m) * (ag[k] - m) : ag[k];
+        }
+        for (c = ng * VM_LANES; c < C; c++) tail += sq ? (a[c] - m) * (a[c] - m) : a[c];
+        return vm_sum_lanes(acc) + tail;
+    }
+    for (; c < C; c++) tail += sq ? (a[c] - m) * (a[c] - m) : a[c];
+    return tail;
+}
+
+VM_INLINE void layernorm_row(float *o, float *mean, float *rstd, const float *x,
+                             const float *weight, const float *bias, int C) {
+    float m = lane_sum(x, 0.0f, 0, C) / C;
+    float v = lane_sum(x, m, 1, C) / C;
+    float r = 1.0f / sqrtf(v + LN_EPS);
+    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+    *mean = m;
+    *rstd = r;
+}
+
+/* dx += r * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) for one row */
+VM_INLINE void layernorm_backward_row(float *dx, const float *g, const float *x,
+                                      const float *weight, float m, float r, int C) {
+    float sum_d = 0.0f, sum_dx = 0.0f; /* the tails, then the totals */
+    int c = 0;
+    if (C >= VM_LANES) {
+        float ad[VM_LANES], adx[VM_LANES];
+        int ng = C / VM_LANES;
+        for (int k = 0; k < VM_LANES; k++) {
+            ad[k] = g[k] * weight[k];
+            adx[k] = ad[k] * ((x[k] - m) * r);
+        }
+        for (int gi = 1; gi < ng; gi++) {
+            size_t o = (size_t)gi * VM_LANES;
+            const float *gg = g + o, *wg = weight + o, *xg = x + o;
+            for (int k = 0; k < VM_LANES; k++) {
+                float dxhat = gg[k] * wg[k];
+                ad[k] += dxhat;
+                adx[k] += dxhat * ((xg[k] - m) * r);
+            }
+        }
+        for (c = ng * VM_LANES; c < C; c++) {
+            float dxhat = g[c] * weight[c];
+            sum_d += dxhat;
+            sum_dx += dxhat * ((x[c] - m) * r);
+        }
+        sum_d += vm_sum_lanes(ad);
+        sum_dx += vm_sum_lanes(adx);
+    } else {
+        for (; c < C; c++) {
+            float dxhat = g[c] * weight[c];
+            sum_d += dxhat;
+            sum_dx += dxhat * ((x[c] - m) * r);
+        }
+    }
+    sum_d /= C;
+    sum_dx /= C;
+    for (c = 0; c < C; c++) {
+        float xhat = (x[c] - m) * r;
+        dx[c] += r * (g[c] * weight[c] - sum_d - xhat * sum_dx);
+    }
+}
+
+/* dweight[c0..c0+nc) += sum_i g[i,c] * xhat[i,c], dbias likewise += sum_i g[i,c], nc <= LN_CB;
+   either output may be NULL. Rows are added in order: in float over blocks of LN_RB rows, the
+   block sums in double (accurate for many rows). */
+VM_INLINE void layernorm_param_slice(float *dweight, float *dbias, const float *dout,
+                                     const float *inp, const float *mean, const float *rstd,
+                                     int N, int C, int c0, int nc) {
+    double totw[LN_CB] = {0}, totb[LN_CB] = {0};
+    for (int i0 = 0; i0 < N; i0 += LN_RB) {
+        int i1 = N - i0 > LN_RB ? i0 + LN_RB : N;
+        float accw[LN_CB] = {0}, accb[LN_CB] = {0};
+        if (nc == LN_CB) { /* a full slice: fixed trip count, vectorised */
+            for (int i = i0; i < i1; i++) {
+                const float *x = inp + (size_t)i * C + c0, *g = dout + (size_t)i * C + c0;
+                float m = mean[i], r = rstd[i];
+                for (int k = 0; k < LN_CB; k++) {
+                    accw[k] += g[k] * ((x[k] - m) * r);
+                    accb[k] += g[k];
+                }
+            }
+        } else {
+            for (int i = i0; i < i1; i++) {
+                const float *x = inp + (size_t)i * C + c0, *g = dout + (size_t)i * C + c0;
+                float m = mean[i], r = rstd[i];
+                for (int k = 0; k < nc; k++) {
+                    accw[k] += g[k] * ((x[k] - m) * r);
+                    accb[k] += g[k];
+                }
+            }
+        }
+        for (int k = 0; k < LN_CB; k++) {
+            totw[k] += accw[k];
+            totb[k] += accb[k];
+        }
+    }
+    if (dweight)
+        for (int k = 0; k < nc; k++) dweight[c0 + k] += (float)totw[k];
+    if (dbias)
+        for (int k = 0; k < nc; k++) dbias[c0 + k] += (float)totb[k];
+}
+
+/* rows i0..i1-1; mean, rstd may be NULL */
+VM_INLINE void layernorm_rows(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int i0, int i1, int C) {
+    for (int i = i0; i < i1; i++) {
+        float m, r;
+        layernorm_row(out + (size_t)i * C, &m, &r, inp + (size_t)i * C, weight, bias, C);
+        if (mean) mean[i] = m;
+        if (rstd) rstd[i] = r;
+    }
+}
+
+VM_INLINE void layernorm_backward_rows(float *dinp, const float *dout, const float *inp,
+                                       const float *weight, const float *mean, const float *rstd,
+                                       int i0, int i1, int C) {
+    for (int i = i0; i < i1; i++)
+        layernorm_backward_row(dinp + (size_t)i * C, dout + (size_t)i * C, inp + (size_t)i * C,
+                               weight, mean[i], rstd[i], C);
+}
+
+/* the same code compiled twice: portable, and for AVX2+FMA (see vecmath.h) */
+static void layernorm_rows_c(float *out, float *mean, float *rstd, const float *inp,
+                             const float *weight, const float *bias, int i0, int i1, int C) {
+    layernorm_rows(out, mean, rstd, inp, weight, bias, i0, i1, C);
+}
+static void layernorm_backward_rows_c(float *dinp, const float *dout, const float *inp,
+                                      const float *weight, const float *mean, const float *rstd,
+                                      int i0, int i1, int C) {
+    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
+}
+static void layernorm_param_slice_c(float *dweight, float *dbias, const float *dout,
+                                    const float *inp, const float *mean, const float *rstd,
+                                    int N, int C, int c0, int nc) {
+    layernorm_param_slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, nc);
+}
+#if VM_HAVE_AVX2
+VM_TARGET_AVX2 static void layernorm_rows_avx2(float *out, float *mean, float *rstd,
+                                               const float *inp, const float *weight,
+                                               const float *bias, int i0, int i1, int C) {
+    layernorm_rows(out, mean, rstd, inp, weight, bias, i0, i1, C);
+}
+VM_TARGET_AVX2 static void layernorm_backward_rows_avx2(float *dinp, const float *dout,
+                                                        const float *inp, const float *weight,
+                                                        const float *mean, const float *rstd,
+                                                        int i0, int i1, int C) {
+    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
+}
+VM_TARGET_AVX2 static void layernorm_param_slice_avx2(float *dweight, float *dbias,
+                                                      const float *dout, const float *inp,
+                                                      const float *mean, const float *rstd,
+                                                      int N, int C, int c0, int nc) {
+    layernorm_param_slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, nc);
+}
+#define PICK(name) (vm_use_avx2() ? name##_avx2 : name##_c)
+#else
+#define PICK(name) (name##_c)
+#endif
 
 /* out, inp (N,C); weight, bias (C); mean, rstd (N) or NULL */
 int layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                       const float *weight, const float *bias, int N, int C) {
     if (!out || !inp || !weight || !bias) return PYLLM_ERR_NULL;
     if (N < 0 || C < 1) return PYLLM_ERR_SIZE;
+    void (*rows)(float *, float *, float *, const float *, const float *, const float *, int, int,
+                 int) = PICK(layernorm_rows);
+    int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb; /* tasks of rb rows */
     PYLLM_PARALLEL_FOR
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *o = out + (size_t)i * C;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) s += x[c];
-        float m = s / C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float d = x[c] - m;
-            v += d * d;
-        }
-        float r = 1.0f / sqrtf(v / C + LN_EPS);
-        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
-        if (mean) mean[i] = m;
-        if (rstd) rstd[i] = r;
+    for (int b = 0; b < nb; b++) {
+        int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
+        rows(out, mean, rstd, inp, weight, bias, i0, i1, C);
     }
     return PYLLM_OK;
 }
@@ -41,46 +208,23 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
     if (!dout || !inp || !weight || !mean || !rstd) return PYLLM_ERR_NULL;
     if (N < 0 || C < 1) return PYLLM_ERR_SIZE;
     if (dinp) {
+        void (*rows)(float *, const float *, const float *, const float *, const float *,
+                     const float *, int, int, int) = PICK(layernorm_backward_rows);
+        int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb;
         PYLLM_PARALLEL_FOR
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C, *g = dout + (size_t)i * C;
-            float *dx = dinp + (size_t)i * C;
-            float m = mean[i], r = rstd[i];
-            float sum_d = 0.0f, sum_dx = 0.0f;
-            for (int c = 0; c < C; c++) {
-                float dxhat = g[c] * weight[c];
-                sum_d += dxhat;
-                sum_dx += dxhat * (x[c] - m) * r;
-            }
-            sum_d /= C;
-            sum_dx /= C;
-            for (int c = 0; c < C; c++) {
-                float xhat = (x[c] - m) * r;
-                dx[c] += r * (g[c] * weight[c] - sum_d - xhat * sum_dx);
-            }
+        for (int b = 0; b < nb; b++) {
+            int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
+            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
         }
     }
     if (dweight || dbias) {
-        /* parameter gradients: threads own column slices, rows summed in order */
-        const int CB = 32;
-        int nslices = (C + CB - 1) / CB;
+        void (*slice)(float *, float *, const float *, const float *, const float *,
+                      const float *, int, int, int, int) = PICK(layernorm_param_slice);
+        int nslices = (C + LN_CB - 1) / LN_CB;
         PYLLM_PARALLEL_FOR
         for (int s = 0; s < nslices; s++) {
-            int c0 = s * CB, c1 = c0 + CB < C ? c0 + CB : C;
-            float accw[32], accb[32];
-            for (int c = 0; c < CB; c++) accw[c] = accb[c] = 0.0f;
-            for (int i = 0; i < N; i++) {
-                const float *x = inp + (size_t)i * C, *g = dout + (size_t)i * C;
-                float m = mean[i], r = rstd[i];
-                for (int c = c0; c < c1; c++) {
-                    accw[c - c0] += g[c] * (x[c] - m) * r;
-                    accb[c - c0] += g[c];
-                }
-            }
-            for (int c = c0; c < c1; c++) {
-                if (dweight) dweight[c] += accw[c - c0];
-                if (dbias) dbias[c] += accb[c - c0];
-            }
+            int c0 = s * LN_CB;
+            slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, C - c0 < LN_CB ? C - c0 : LN_CB);
         }
     }
     return PYLLM_OK;
