@@ -2,53 +2,575 @@
  *
  * forward:  out = inp @ weight + bias
  * backward: dinp += dout @ weight^T;  dweight += inp^T @ dout;  dbias += sum_N dout
- * All three products go through pyllm_sgemm, which splits the work over blocks of the output
- * and keeps each output's K-sum inside one thread, in a fixed order.
+ * All three products go through one packed GEMM with the BLIS / GotoBLAS loop structure:
+ *
+ *   for each NC-wide block of columns                       (packed B block: L3)
+ *     for each KC-deep slice of K, in order                 (the K-sum runs in this order)
+ *       pack the B block slice into NR-wide micro-panels
+ *       for each MC-tall block of rows:
+ *         pack the A block slice into MR-tall micro-panels  (L2)
+ *         for each B micro-panel (L1), each A micro-panel:
+ *           micro-kernel: an MR x NR tile of c += kc rank-1 updates held in registers
+ *
+ * The threads share the packing of each B block and then take row blocks; when there are too
+ * few row blocks (M small), each thread owns a range of columns instead and packs its own panels.
+ * Packing reads both transposes, so one micro-kernel serves every case; partial panels are
+ * zero-padded and edge tiles are written through a small buffer. Each output element is summed
+ * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
+ * multiply-adds in k order per KC slice (fixed by K alone), the slices added to c in order.
+ * The 6x16 micro-kernel is written with GCC/Clang vector extensions for AVX2+FMA and chosen at run
+ * time; other machines and compilers run a plain C micro-kernel on the same packed layout.
+ * A product with at most SMALL_M rows (decoding) skips the packing and streams b once.
  */
 #include "internal.h"
+#include <stdlib.h>
+#include <string.h>
 
-int pyllm_simd_level(void) { return 0; }
-int pyllm_set_simd_level(int level) { (void)level; return 0; }
+#define MR 6     /* micro-tile rows: 6 x 2 ymm accumulators + 2 B vectors + 1 broadcast = 15 */
+#define NR 16    /* micro-tile columns: two 8-float vectors */
+#define KC 384   /* K slice: a B micro-panel (KC x NR x 4 = 24 KiB) stays in the 32 KiB L1d */
+#define MC 144   /* rows per A block: MC x KC x 4 = 216 KiB, inside the 512 KiB L2 */
+#define NC 4080  /* columns per B block: KC x NC x 4 ~ 6 MiB, shared by the threads in L3 */
+
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+#define PYLLM_AVX2_KERNEL 1
+#endif
+
+#ifdef _OPENMP
+/* a parallel region / loop over the local variable nt threads (none when nt == 1) */
+#define OMP_PARALLEL_NT _Pragma("omp parallel num_threads(nt) if(nt > 1)")
+#define OMP_PARALLEL_FOR_NT _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
+#define OMP_FOR_DYNAMIC _Pragma("omp for schedule(dynamic, 1)")
+#define THREAD_ID() omp_get_thread_num()
+#else
+#define OMP_PARALLEL_NT
+#define OMP_PARALLEL_FOR_NT
+#define OMP_FOR_DYNAMIC
+#define THREAD_ID() 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
+static int imin(int x, int y) { return x < y ? x : y; }
+static int cdiv(int x, int y) { return x / y + (x % y != 0); } /* x >= 0, y > 0 */
+
+/* ---------------------------------------------------------------------------------------------
+ * Micro-kernels. Both compute the MR x NR tile acc = pa (MR x kc, packed k-major) @ pb (kc x NR,
+ * packed k-major) and write it to c: c = acc (+ bias) when first, else c += acc. Only the top-left
+ * mr x nr part of the tile is written.
+ * ------------------------------------------------------------------------------------------- */
+typedef void (*ukernel_fn)(int kc, const float *pa, const float *pb, float *c, size_t ldc,
+                           int mr, int nr, int first, const float *bias);
+
+/* write the valid part of a finished tile (also the whole store of the portable kernel) */
+static void store_tile(const float *tile, float *c, size_t ldc, int mr, int nr, int first,
+                       const float *bias) {
+    for (int i = 0; i < mr; i++) {
+        const float *t = tile + i * NR;
+        float *ci = c + (size_t)i * ldc;
+        if (!first)
+            for (int j = 0; j < nr; j++) ci[j] += t[j];
+        else if (bias)
+            for (int j = 0; j < nr; j++) ci[j] = t[j] + bias[j];
+        else
+            for (int j = 0; j < nr; j++) ci[j] = t[j];
+    }
+}
+
+static void ukernel_c(int kc, const float *pa, const float *pb, float *c, size_t ldc,
+                      int mr, int nr, int first, const float *bias) {
+    float acc[MR * NR];
+    for (int i = 0; i < MR; i += 2) { /* two rows of the tile at a time: compilers keep them in
+                                         registers and vectorise along j (B panel stays in L1) */
+        float r0[NR], r1[NR];
+        const float *ak = pa + i, *bk = pb;
+        for (int j = 0; j < NR; j++) r0[j] = r1[j] = 0.0f;
+        for (int k = 0; k < kc; k++, ak += MR, bk += NR) {
+            float a0 = ak[0], a1 = ak[1];
+            for (int j = 0; j < NR; j++) {
+                r0[j] += a0 * bk[j];
+                r1[j] += a1 * bk[j];
+            }
+        }
+        for (int j = 0; j < NR; j++) {
+            acc[i * NR + j] = r0[j];
+            acc[(i + 1) * NR + j] = r1[j];
+        }
+    }
+    store_tile(acc, c, ldc, mr, nr, first, bias);
+}
+
+/* Few rows (decoding a token at a time): b is streamed once, unpacked. Each element is summed
+   exactly as by the micro-kernels (a multiply-add chain in k order per slice of kcb, the slices
+   added in order), so a row's result does not depend on the rows computed with it. One call does
+   columns j0..j0+nj-1 (nj <= SCOLS) of all M rows. */
+#define SMALL_M 4
+#define SCOLS 256
+typedef void (*smallm_fn)(int M, int j0, int nj, int K, int kcb, const float *a, size_t lda,
+                          int trans_a, const float *b, size_t ldb, int trans_b, float *c,
+                          size_t ldc, int accumulate, const float *bias);
 
 #define A_(i, k) (trans_a ? a[(size_t)(k) * lda + (i)] : a[(size_t)(i) * lda + (k)])
 
-/* c (M,N) [+]= op(a) (M,K) @ op(b) (K,N); lda, ldb, ldc are the stored row lengths */
-void pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a,
-                 const float *b, int ldb, int trans_b, float *c, int ldc, int accumulate) {
-    const int MB = 8;
-    int nblocks = (M + MB - 1) / MB;
-    PYLLM_PARALLEL_FOR
-    for (int blk = 0; blk < nblocks; blk++) {
-        int i0 = blk * MB, i1 = i0 + MB < M ? i0 + MB : M;
-        for (int i = i0; i < i1; i++) {
-            float *ci = c + (size_t)i * ldc;
-            if (!accumulate)
-                for (int j = 0; j < N; j++) ci[j] = 0.0f;
+static void smallm_c(int M, int j0, int nj, int K, int kcb, const float *a, size_t lda,
+                     int trans_a, const float *b, size_t ldb, int trans_b, float *c, size_t ldc,
+                     int accumulate, const float *bias) {
+    float acc[SCOLS];
+    for (int i = 0; i < M; i++) {
+        for (int k0 = 0; k0 < K; k0 += kcb) {
+            int kc = imin(kcb, K - k0), j = 0;
             if (!trans_b) {
-                for (int k = 0; k < K; k++) {
+                for (j = 0; j < nj; j++) acc[j] = 0.0f;
+                for (int k = k0; k < k0 + kc; k++) {
                     float aik = A_(i, k);
-                    const float *bk = b + (size_t)k * ldb;
-                    for (int j = 0; j < N; j++) ci[j] += aik * bk[j];
+                    const float *bk = b + (size_t)k * ldb + j0;
+                    for (j = 0; j < nj; j++) acc[j] += aik * bk[j];
                 }
             } else {
-                for (int j = 0; j < N; j++) {
-                    const float *bj = b + (size_t)j * ldb;
-                    float s = 0.0f;
-                    for (int k = 0; k < K; k++) s += A_(i, k) * bj[k];
-                    ci[j] += s;
+                for (j = 0; j < nj; j++) { /* 8 columns side by side: 8 independent chains */
+                    const float *bj = b + (size_t)(j0 + j) * ldb;
+                    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+                    int w = imin(8, nj - j);
+                    for (int k = k0; k < k0 + kc; k++) {
+                        float aik = A_(i, k);
+                        for (int l = 0; l < w; l++) s[l] += aik * bj[(size_t)l * ldb + k];
+                    }
+                    for (int l = 0; l < w; l++) acc[j + l] = s[l];
+                    j += w - 1;
+                }
+            }
+            store_tile(acc, c + (size_t)i * ldc + j0, ldc, 1, nj, k0 == 0 && !accumulate,
+                       bias ? bias + j0 : NULL);
+        }
+    }
+}
+
+#ifdef PYLLM_AVX2_KERNEL
+#include <immintrin.h> /* only for _mm256_fmadd_ps: one rounding, whatever -ffp-contract says */
+
+typedef float v8f __attribute__((vector_size(32)));
+/* the same vector for loads and stores at any float address, allowed to alias float */
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+
+#define LOADU(p) (*(const v8f_u *)(p))
+#define STOREU(p, v) (*(v8f_u *)(p) = (v))
+#define BCAST(x) ((v8f){(x), (x), (x), (x), (x), (x), (x), (x)})
+#define FMA(x, y, z) _mm256_fmadd_ps((x), (y), (z)) /* x * y + z, rounded once */
+
+__attribute__((target("avx2,fma")))
+static void ukernel_avx2(int kc, const float *pa, const float *pb, float *c, size_t ldc,
+                         int mr, int nr, int first, const float *bias) {
+    v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+    v8f a, b0, b1;
+    for (int i = 0; i < mr; i++) { /* the tile of c is needed only at the end: fetch it now */
+        PREFETCH(c + (size_t)i * ldc);
+        PREFETCH(c + (size_t)i * ldc + NR - 1);
+    }
+/* one rank-1 update with the u-th k of the panels */
+#define STEP(u) do {                                                                          \
+        b0 = LOADU(pb + NR * (u)); b1 = LOADU(pb + NR * (u) + 8);                             \
+        a = BCAST(pa[MR * (u) + 0]); c00 = FMA(a, b0, c00); c01 = FMA(a, b1, c01);            \
+        a = BCAST(pa[MR * (u) + 1]); c10 = FMA(a, b0, c10); c11 = FMA(a, b1, c11);            \
+        a = BCAST(pa[MR * (u) + 2]); c20 = FMA(a, b0, c20); c21 = FMA(a, b1, c21);            \
+        a = BCAST(pa[MR * (u) + 3]); c30 = FMA(a, b0, c30); c31 = FMA(a, b1, c31);            \
+        a = BCAST(pa[MR * (u) + 4]); c40 = FMA(a, b0, c40); c41 = FMA(a, b1, c41);            \
+        a = BCAST(pa[MR * (u) + 5]); c50 = FMA(a, b0, c50); c51 = FMA(a, b1, c51);            \
+    } while (0)
+    int k = 0;
+    for (; k + 4 <= kc; k += 4) { /* unrolled by hand: #pragma unroll is not portable */
+        STEP(0); STEP(1); STEP(2); STEP(3);
+        pa += 4 * MR;
+        pb += 4 * NR;
+    }
+    for (; k < kc; k++) {
+        STEP(0);
+        pa += MR;
+        pb += NR;
+    }
+#undef STEP
+    if (mr == MR && nr == NR) {
+        v8f r0[MR] = {c00, c10, c20, c30, c40, c50}, r1[MR] = {c01, c11, c21, c31, c41, c51};
+        for (int i = 0; i < MR; i++) {
+            float *ci = c + (size_t)i * ldc;
+            if (!first) {
+                STOREU(ci, LOADU(ci) + r0[i]);
+                STOREU(ci + 8, LOADU(ci + 8) + r1[i]);
+            } else if (bias) {
+                STOREU(ci, r0[i] + LOADU(bias));
+                STOREU(ci + 8, r1[i] + LOADU(bias + 8));
+            } else {
+                STOREU(ci, r0[i]);
+                STOREU(ci + 8, r1[i]);
+            }
+        }
+    } else {
+        float tile[MR * NR];
+        STOREU(tile + 0 * NR, c00); STOREU(tile + 0 * NR + 8, c01);
+        STOREU(tile + 1 * NR, c10); STOREU(tile + 1 * NR + 8, c11);
+        STOREU(tile + 2 * NR, c20); STOREU(tile + 2 * NR + 8, c21);
+        STOREU(tile + 3 * NR, c30); STOREU(tile + 3 * NR + 8, c31);
+        STOREU(tile + 4 * NR, c40); STOREU(tile + 4 * NR + 8, c41);
+        STOREU(tile + 5 * NR, c50); STOREU(tile + 5 * NR + 8, c51);
+        store_tile(tile, c, ldc, mr, nr, first, bias);
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void smallm_avx2(int M, int j0, int nj, int K, int kcb, const float *a, size_t lda,
+                        int trans_a, const float *b, size_t ldb, int trans_b, float *c,
+                        size_t ldc, int accumulate, const float *bias) {
+    float tile[SMALL_M * NR];
+    const float *ar[SMALL_M]; /* row i of op(a) is ar[i][k * as]; missing rows repeat row 0 */
+    size_t as = trans_a ? lda : 1;
+    for (int i = 0; i < SMALL_M; i++) {
+        int r = i < M ? i : 0;
+        ar[i] = trans_a ? a + r : a + (size_t)r * lda;
+    }
+    for (int k0 = 0; k0 < K; k0 += kcb) {
+        int kc = imin(kcb, K - k0), first = k0 == 0 && !accumulate, j = 0;
+        const float *bias0 = bias ? bias + j0 : NULL;
+        if (!trans_b) { /* SMALL_M x 16 tiles in registers, b read once */
+            for (; j + NR <= nj; j += NR) {
+                v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
+                v8f c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+                const float *bk = b + (size_t)k0 * ldb + j0 + j;
+                for (int k = k0; k < k0 + kc; k++, bk += ldb) {
+                    v8f b0 = LOADU(bk), b1 = LOADU(bk + 8), x;
+                    x = BCAST(ar[0][k * as]); c00 = FMA(x, b0, c00); c01 = FMA(x, b1, c01);
+                    x = BCAST(ar[1][k * as]); c10 = FMA(x, b0, c10); c11 = FMA(x, b1, c11);
+                    x = BCAST(ar[2][k * as]); c20 = FMA(x, b0, c20); c21 = FMA(x, b1, c21);
+                    x = BCAST(ar[3][k * as]); c30 = FMA(x, b0, c30); c31 = FMA(x, b1, c31);
+                }
+                STOREU(tile, c00); STOREU(tile + 8, c01);
+                STOREU(tile + NR, c10); STOREU(tile + NR + 8, c11);
+                STOREU(tile + 2 * NR, c20); STOREU(tile + 2 * NR + 8, c21);
+                STOREU(tile + 3 * NR, c30); STOREU(tile + 3 * NR + 8, c31);
+                store_tile(tile, c + j0 + j, ldc, M, NR, first, bias0 ? bias0 + j : NULL);
+            }
+        } else { /* 8 rows of b give the 8 lanes */
+            for (; j + 8 <= nj; j += 8) {
+                const float *b0 = b + (size_t)(j0 + j) * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb;
+                const float *b3 = b2 + ldb, *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb;
+                const float *b7 = b6 + ldb;
+                for (int i = 0; i < M; i++) {
+                    v8f s = {0};
+                    for (int k = k0; k < k0 + kc; k++) {
+                        v8f bv = {b0[k], b1[k], b2[k], b3[k], b4[k], b5[k], b6[k], b7[k]};
+                        s = FMA(BCAST(ar[i][k * as]), bv, s);
+                    }
+                    STOREU(tile + i * NR, s);
+                }
+                store_tile(tile, c + j0 + j, ldc, M, 8, first, bias0 ? bias0 + j : NULL);
+            }
+        }
+        for (; j < nj; j++) { /* the last columns, one chain each */
+            for (int i = 0; i < M; i++) {
+                float s = 0.0f;
+                for (int k = k0; k < k0 + kc; k++)
+                    s = __builtin_fmaf(ar[i][k * as],
+                                       trans_b ? b[(size_t)(j0 + j) * ldb + k]
+                                               : b[(size_t)k * ldb + j0 + j], s);
+                tile[i * NR] = s;
+            }
+            store_tile(tile, c + j0 + j, ldc, M, 1, first, bias0 ? bias0 + j : NULL);
+        }
+    }
+}
+
+static int avx2_available(void) { /* also checks that the OS saves the ymm registers */
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static int avx2_available(void) { return 0; }
+#endif
+
+static int g_simd = -1; /* -1: not decided yet */
+
+int pyllm_set_simd_level(int level) {
+    g_simd = (level > 0 && avx2_available()) ? 1 : 0;
+    return g_simd;
+}
+
+int pyllm_simd_level(void) {
+    if (g_simd < 0) pyllm_set_simd_level(1);
+    return g_simd;
+}
+
+static smallm_fn select_smallm(void) {
+#ifdef PYLLM_AVX2_KERNEL
+    if (pyllm_simd_level() == 1) return smallm_avx2;
+#endif
+    return smallm_c;
+}
+
+static ukernel_fn select_ukernel(void) {
+#ifdef PYLLM_AVX2_KERNEL
+    if (pyllm_simd_level() == 1) return ukernel_avx2;
+#endif
+    return ukernel_c;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Packing. A micro-panel holds MR rows of op(a) for kc values of k, k-major (MR floats per k);
+ * a B micro-panel holds NR columns of op(b), k-major (NR floats per k). Missing rows / columns
+ * past the edge of the matrix are zeros.
+ * ------------------------------------------------------------------------------------------- */
+
+/* dst[k*R + r] = src[r][k] for k < kc, r < R (zeros for r >= nv): R stored rows become one
+   k-major micro-panel. Reads one 64-byte line of each row in turn, so rows that share cache sets
+   (a power-of-two stride) do not evict each other, and prefetches a few lines ahead. */
+static void pack_rows(float *dst, const float *const *src, int R, int nv, int kc) {
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+        int kn = imin(16, kc - k0);
+        for (int r = 0; r < R; r++) {
+            float *d = dst + (size_t)k0 * R + r;
+            if (r < nv) {
+                const float *s = src[r] + k0;
+                if (k0 + 96 < kc) PREFETCH(s + 96);
+                for (int k = 0; k < kn; k++) d[k * R] = s[k];
+            } else {
+                for (int k = 0; k < kn; k++) d[k * R] = 0.0f;
+            }
+        }
+    }
+}
+
+/* rows i0..i0+mc-1 and k0..k0+kc-1 of op(a) into ceil(mc/MR) micro-panels at pa */
+static void pack_a(float *pa, const float *a, size_t lda, int trans_a, int i0, int mc, int k0,
+                   int kc) {
+    if (trans_a) { /* a is (K,M): read row k along i, MR floats to each panel */
+        int full = mc / MR * MR;
+        for (int k = 0; k < kc; k++) {
+            const float *src = a + (size_t)(k0 + k) * lda + i0;
+            float *dst = pa + (size_t)k * MR;
+            if (k + 8 < kc) PREFETCH(src + 8 * lda);
+            for (int ip = 0; ip < full; ip += MR)
+                for (int i = 0; i < MR; i++) dst[(size_t)ip * kc + i] = src[ip + i];
+            if (full < mc)
+                for (int i = 0; i < MR; i++)
+                    dst[(size_t)full * kc + i] = full + i < mc ? src[full + i] : 0.0f;
+        }
+        return;
+    }
+    for (int ip = 0; ip < mc; ip += MR) { /* a is (M,K): MR rows become one panel */
+        const float *src[MR];
+        for (int i = 0; i < MR; i++) src[i] = a + (size_t)(i0 + ip + i) * lda + k0;
+        pack_rows(pa + (size_t)ip * kc, src, MR, imin(MR, mc - ip), kc);
+    }
+}
+
+/* b is (N,K): columns j0..j0+nr-1 (nr <= NR) and k0..k0+kc-1 of op(b) = b^T into one panel */
+static void pack_bt_panel(float *pb, const float *b, size_t ldb, int j0, int nr, int k0, int kc) {
+    const float *src[NR];
+    for (int j = 0; j < NR; j++) src[j] = b + (size_t)(j0 + j) * ldb + k0;
+    pack_rows(pb, src, NR, nr, kc);
+}
+
+/* b is (K,N): rows k0+k, k in [kbeg, kend), columns j0..j0+nc-1 into their place in every panel
+   of the block at bpack (panels of kc x NR); a row is read from left to right */
+static void pack_b_rows(float *bpack, const float *b, size_t ldb, int j0, int nc, int k0, int kc,
+                        int kbeg, int kend) {
+    for (int k = kbeg; k < kend; k++) {
+        const float *src = b + (size_t)(k0 + k) * ldb + j0;
+        if (k + 4 < kend) PREFETCH(src + 4 * ldb);
+        for (int p = 0; p < nc; p += NR) {
+            float *dst = bpack + (size_t)p * kc + (size_t)k * NR;
+            int nr = imin(NR, nc - p), j = 0;
+            if (nr == NR) {
+                memcpy(dst, src + p, NR * sizeof(float));
+            } else {
+                for (; j < nr; j++) dst[j] = src[p + j];
+                for (; j < NR; j++) dst[j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Packing buffers. One buffer per call holds the B block and an A block per thread (a few MiB
+ * at most). The last one is kept for the next call (a lock-free slot: a concurrent call allocates
+ * its own), so steady-state calls do not allocate.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct packbuf {
+    size_t cap; /* floats available at data */
+    float *data; /* 64-byte aligned, inside this allocation */
+} packbuf;
+
+#if defined(__GNUC__) || defined(__clang__)
+static packbuf *g_cached;
+#define SLOT_SWAP(p) __atomic_exchange_n(&g_cached, (p), __ATOMIC_ACQ_REL)
+#else
+#define SLOT_SWAP(p) (p) /* no portable atomics in C99: allocate on every call */
+#endif
+
+static packbuf *packbuf_get(size_t nfloats) {
+    packbuf *pb = SLOT_SWAP((packbuf *)NULL);
+    if (pb && pb->cap >= nfloats) return pb;
+    free(pb);
+    pb = (packbuf *)malloc(sizeof(packbuf) + 64 + nfloats * sizeof(float));
+    if (!pb) return NULL;
+    pb->cap = nfloats;
+    pb->data = (float *)(((uintptr_t)(pb + 1) + 63) & ~(uintptr_t)63);
+    return pb;
+}
+
+static void packbuf_put(packbuf *pb) {
+    packbuf *old = SLOT_SWAP(pb);
+    free(old);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The driver.
+ * ------------------------------------------------------------------------------------------- */
+
+/* c (mc, columns of panels p0..p1-1) [+]= the packed A block (mc x kc) @ those B panels; ncols is
+   the number of columns of c left from the start of the block (for the last, partial panel) */
+static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, const float *bpack,
+                         int p0, int p1, int ncols, float *c, size_t ldc, int first,
+                         const float *bias) {
+    for (int p = p0; p < p1; p++) { /* one B micro-panel (L1) against every A micro-panel (L2) */
+        int j = p * NR, nr = imin(NR, ncols - j);
+        const float *pb = bpack + (size_t)p * NR * kc;
+        for (int ip = 0; ip < mc; ip += MR)
+            ukernel(kc, pa + (size_t)ip * kc, pb, c + (size_t)ip * ldc + j, ldc,
+                    imin(MR, mc - ip), nr, first, bias ? bias + j : NULL);
+    }
+}
+
+/* c (M,N) = op(a) @ op(b) (+ c when accumulate; + bias (N) when bias, which needs !accumulate) */
+static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int trans_a,
+                        const float *b, size_t ldb, int trans_b, float *c, size_t ldc,
+                        int accumulate, const float *bias) {
+    if (M <= 0 || N <= 0) return PYLLM_OK;
+    if (K <= 0) {
+        if (!accumulate)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) c[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
+        return PYLLM_OK;
+    }
+    /* Block sizes: even splits of K, M and N rounded to the micro-tile. They depend on the shape
+       only, except the M block of a thread-split-by-rows call, which does not change any sum. */
+    int nkb = cdiv(K, KC), kcb = cdiv(K, nkb);
+    int nnb = cdiv(N, NC), ncb = cdiv(cdiv(N, nnb), NR) * NR;
+    int nmb = cdiv(M, MC), mcb = cdiv(cdiv(M, nmb), MR) * MR;
+    int nt = pyllm_nthreads();
+    if (nt < 1 || 2.0 * M * N * K < 2.0e6) nt = 1;
+    if (M <= SMALL_M) {
+        smallm_fn smallm = select_smallm();
+        int nchunks = cdiv(N, SCOLS);
+        OMP_PARALLEL_FOR_NT
+        for (int t = 0; t < nchunks; t++)
+            smallm(M, t * SCOLS, imin(SCOLS, N - t * SCOLS), K, kcb, a, lda, trans_a, b, ldb,
+                   trans_b, c, ldc, accumulate, bias);
+        return PYLLM_OK;
+    }
+    /* Too few row blocks to keep the threads busy: split the columns instead. Else the threads
+       share each packed B block and take row blocks (smaller ones when there are few). */
+    int split_cols = nt > 1 && nmb < 4 * nt && cdiv(ncb, NR) >= 4 * nt;
+    if (nt > 1 && !split_cols && nmb < 4 * nt) {
+        nmb = imin(cdiv(M, MR), 4 * nt);
+        mcb = cdiv(cdiv(M, nmb), MR) * MR;
+        nmb = cdiv(M, mcb);
+    }
+    size_t bsize = (size_t)(cdiv(ncb, NR) + nt) * NR * kcb; /* + room to split it by thread */
+    size_t ablock = ((size_t)kcb * mcb + 15) & ~(size_t)15; /* keep blocks 64-byte aligned */
+    packbuf *buf = packbuf_get(bsize + (size_t)nt * ablock);
+    if (!buf) return PYLLM_ERR_NOMEM;
+    float *bpack = buf->data, *ashared = buf->data + bsize;
+    ukernel_fn ukernel = select_ukernel();
+
+    OMP_PARALLEL_NT
+    {
+        float *apriv = ashared + (size_t)THREAD_ID() * ablock;
+        if (split_cols) {
+            /* thread t owns column chunk t of every B block: it packs those B panels and its
+               own copy of A, and computes; no thread waits for another */
+#ifdef _OPENMP
+            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+            int tid = 0, nth = 1;
+#endif
+            /* a region of the B buffer per thread, the same for every block */
+            size_t bregion = (size_t)cdiv(cdiv(ncb, NR), nth) * NR * kcb;
+            for (int j0 = 0; j0 < N; j0 += ncb) {
+                int nc = imin(ncb, N - j0), npan = cdiv(nc, NR);
+                int p0 = (int)((long long)npan * tid / nth);
+                int p1 = (int)((long long)npan * (tid + 1) / nth);
+                if (p0 >= p1) continue;
+                int jc0 = p0 * NR, ncc = imin(nc, p1 * NR) - jc0;
+                const float *bj = bias ? bias + j0 + jc0 : NULL;
+                for (int kb = 0; kb < nkb; kb++) {
+                    int k0 = kb * kcb, kc = imin(kcb, K - k0);
+                    float *bp = bpack + bregion * tid;
+                    if (trans_b)
+                        for (int p = 0; p < p1 - p0; p++)
+                            pack_bt_panel(bp + (size_t)p * NR * kc, b, ldb, j0 + jc0 + p * NR,
+                                          imin(NR, ncc - p * NR), k0, kc);
+                    else
+                        pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
+                    for (int i0 = 0; i0 < M; i0 += mcb) {
+                        int mc = imin(mcb, M - i0);
+                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                        macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc,
+                                     c + (size_t)i0 * ldc + j0 + jc0, ldc, kb == 0 && !accumulate,
+                                     bj);
+                    }
+                }
+            }
+        } else {
+            for (int j0 = 0; j0 < N; j0 += ncb) {
+                int nc = imin(ncb, N - j0), npan = cdiv(nc, NR);
+                const float *bj = bias ? bias + j0 : NULL;
+                for (int kb = 0; kb < nkb; kb++) {
+                    int k0 = kb * kcb, kc = imin(kcb, K - k0);
+                    int first = kb == 0 && !accumulate;
+                    /* the threads pack the B block together, in small tasks */
+                    int ntasks = trans_b ? npan : cdiv(kc, 8);
+                    OMP_FOR_DYNAMIC
+                    for (int t = 0; t < ntasks; t++) {
+                        if (trans_b)
+                            pack_bt_panel(bpack + (size_t)t * NR * kc, b, ldb, j0 + t * NR,
+                                          imin(NR, nc - t * NR), k0, kc);
+                        else
+                            pack_b_rows(bpack, b, ldb, j0, nc, k0, kc, t * 8,
+                                        imin(kc, t * 8 + 8));
+                    }
+                    /* implicit barrier: B is packed. Then each row block, any thread: */
+                    OMP_FOR_DYNAMIC
+                    for (int u = 0; u < nmb; u++) {
+                        int i0 = u * mcb, mc = imin(mcb, M - i0);
+                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                        macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc,
+                                     c + (size_t)i0 * ldc + j0, ldc, first, bj);
+                    }
+                    /* implicit barrier: the packed B block may be overwritten */
                 }
             }
         }
     }
+    packbuf_put(buf);
+    return PYLLM_OK;
+}
+
+/* c (M,N) [+]= op(a) (M,K) @ op(b) (K,N); lda, ldb, ldc are the stored row lengths */
+int pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a, const float *b,
+                int ldb, int trans_b, float *c, int ldc, int accumulate) {
+    return sgemm_packed(M, N, K, a, (size_t)lda, trans_a, b, (size_t)ldb, trans_b, c,
+                        (size_t)ldc, accumulate, NULL);
 }
 
 int gemm(float *c, const float *a, const float *b, int M, int N, int K,
          int trans_a, int trans_b, int accumulate) {
     if (!c || !a || !b) return PYLLM_ERR_NULL;
     if (M < 0 || N < 0 || K < 0) return PYLLM_ERR_SIZE;
-    pyllm_sgemm(M, N, K, a, trans_a ? M : K, trans_a, b, trans_b ? K : N, trans_b, c, N,
-                accumulate);
-    return PYLLM_OK;
+    return pyllm_sgemm(M, N, K, a, trans_a ? M : K, trans_a, b, trans_b ? K : N, trans_b, c, N,
+                       accumulate);
 }
 
 /* out (N,OC); inp (N,C); weight (C,OC); bias (OC) or NULL */
@@ -56,13 +578,9 @@ int matmul_forward(float *out, const float *inp, const float *weight, const floa
                    int N, int C, int OC) {
     if (!out || !inp || !weight) return PYLLM_ERR_NULL;
     if (N < 0 || C < 0 || OC < 0) return PYLLM_ERR_SIZE;
-    if (bias) {
-        PYLLM_PARALLEL_FOR
-        for (int i = 0; i < N; i++)
-            for (int j = 0; j < OC; j++) out[(size_t)i * OC + j] = bias[j];
-    }
-    pyllm_sgemm(N, OC, C, inp, C, 0, weight, OC, 0, out, OC, bias != NULL);
-    return PYLLM_OK;
+    /* the bias is added when each tile is first stored: bias + sum, as if preloaded */
+    return sgemm_packed(N, OC, C, inp, (size_t)C, 0, weight, (size_t)OC, 0, out, (size_t)OC, 0,
+                        bias);
 }
 
 /* dinp, inp (N,C); dweight, weight (C,OC); dbias (OC); dout (N,OC) */
@@ -70,8 +588,12 @@ int matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout
                     const float *inp, const float *weight, int N, int C, int OC) {
     if (!dout || !inp || !weight) return PYLLM_ERR_NULL;
     if (N < 0 || C < 0 || OC < 0) return PYLLM_ERR_SIZE;
-    if (dinp) pyllm_sgemm(N, C, OC, dout, OC, 0, weight, OC, 1, dinp, C, 1);
-    if (dweight) pyllm_sgemm(C, OC, N, inp, C, 1, dout, OC, 0, dweight, OC, 1);
+    int rc;
+    if (dinp && (rc = pyllm_sgemm(N, C, OC, dout, OC, 0, weight, OC, 1, dinp, C, 1)) != PYLLM_OK)
+        return rc;
+    if (dweight &&
+        (rc = pyllm_sgemm(C, OC, N, inp, C, 1, dout, OC, 0, dweight, OC, 1)) != PYLLM_OK)
+        return rc;
     if (dbias) {
         const int CB = 64;
         int nslices = (OC + CB - 1) / CB;

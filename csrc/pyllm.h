@@ -29,6 +29,7 @@
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
 #define PYLLM_ERR_NULL -3   /* a required pointer is NULL */
+#define PYLLM_ERR_NOMEM -4  /* out of memory for a kernel's scratch buffers (GEMM packing) */
 
 /* runtime.c */
 int pyllm_abi_version(void);
@@ -103,7 +104,7 @@ int scale_inplace(float *x, float s, int64_t n);
 
 /* internal helpers shared by the kernel files (not part of the cffi ABI) */
 int pyllm_nthreads(void);
-void pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a,
-                 const float *b, int ldb, int trans_b, float *c, int ldc, int accumulate);
+int pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a,
+                const float *b, int ldb, int trans_b, float *c, int ldc, int accumulate);
 
 #endif /* PYLLM_H */

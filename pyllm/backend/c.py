@@ -25,6 +25,8 @@ def _i(a):
 
 
 def _ok(name, status):
+    if status == lib.PYLLM_ERR_NOMEM:
+        raise MemoryError("C kernel %s could not allocate its scratch buffers" % name)
     if status != lib.PYLLM_OK:
         raise RuntimeError("C kernel %s failed: %s (status %d)"
                            % (name, _STATUS.get(status, "unknown error"), status))
