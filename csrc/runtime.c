@@ -1,7 +1,9 @@
 /* runtime.c -- thread count, OpenMP presence and the ABI version. */
 #include "internal.h"
 
+#ifdef _OPENMP
 static int g_nthreads = 0; /* 0: not set yet, use OpenMP's default */
+#endif
 
 int pyllm_abi_version(void) { return PYLLM_ABI_VERSION; }
 
