@@ -235,6 +235,25 @@ static void smallm_avx2(int M, int j0, int nj, int K, int kcb, const float *a, s
         int kc = imin(kcb, K - k0), first = k0 == 0 && !accumulate, j = 0;
         const float *bias0 = bias ? bias + j0 : NULL;
         if (!trans_b) { /* SMALL_M x 16 tiles in registers, b read once */
+            /* one row (decoding): 64-column tiles, so each row of b is read 256 bytes at a
+               time; every sum is the same FMA chain over k as in the 16-column tiles below */
+            for (; M == 1 && j + 64 <= nj; j += 64) {
+                v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0};
+                v8f s7 = {0};
+                const float *bk = b + (size_t)k0 * ldb + j0 + j;
+                for (int k = k0; k < k0 + kc; k++, bk += ldb) {
+                    v8f x = BCAST(ar[0][k * as]);
+                    s0 = FMA(x, LOADU(bk), s0); s1 = FMA(x, LOADU(bk + 8), s1);
+                    s2 = FMA(x, LOADU(bk + 16), s2); s3 = FMA(x, LOADU(bk + 24), s3);
+                    s4 = FMA(x, LOADU(bk + 32), s4); s5 = FMA(x, LOADU(bk + 40), s5);
+                    s6 = FMA(x, LOADU(bk + 48), s6); s7 = FMA(x, LOADU(bk + 56), s7);
+                }
+                float row[64];
+                STOREU(row, s0); STOREU(row + 8, s1); STOREU(row + 16, s2);
+                STOREU(row + 24, s3); STOREU(row + 32, s4); STOREU(row + 40, s5);
+                STOREU(row + 48, s6); STOREU(row + 56, s7);
+                store_tile(row, c + j0 + j, ldc, 1, 64, first, bias0 ? bias0 + j : NULL);
+            }
             for (; j + NR <= nj; j += NR) {
                 v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
                 v8f c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
@@ -462,6 +481,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     int nt = pyllm_nthreads();
     if (nt < 1 || 2.0 * M * N * K < 2.0e6) nt = 1;
     if (M <= SMALL_M) {
+        /* streaming b is memory-bound: two threads pay off from a few hundred KiB of b */
+        if (pyllm_nthreads() > 1 && (double)N * K >= 65536.0) nt = pyllm_nthreads();
         smallm_fn smallm = select_smallm();
         int nchunks = cdiv(N, SCOLS);
         OMP_PARALLEL_FOR_NT
