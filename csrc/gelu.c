@@ -14,28 +14,30 @@
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
+/* s = 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)) for u = sqrt(2/pi) (x + 0.044715 x^3), computed
+   from z = exp(-2|u|) so nothing overflows; *zq2 = z q^2 = s (1 - s), the derivative's factor */
+VM_INLINE float gelu_gate(float x, float *zq2) {
+    float u = GELU_K * (x + GELU_A * x * x * x);
+    float au = vm_u2f(vm_f2u(u) & 0x7FFFFFFFu);
+    float z = vm_expf_nonpos(-2.0f * au);
+    float q = 1.0f / (1.0f + z);
+    *zq2 = z * q * q;
+    return vm_select(u >= 0.0f, q, z * q);
+}
+
 VM_INLINE void gelu_forward_block(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_K * (x + GELU_A * x * x * x);
-        float au = vm_u2f(vm_f2u(u) & 0x7FFFFFFFu);
-        float z = vm_expf_nonpos(-2.0f * au);
-        float q = 1.0f / (1.0f + z);
-        float s = vm_select(u >= 0.0f, q, z * q);
-        out[i] = x * s;
+        float zq2;
+        out[i] = inp[i] * gelu_gate(inp[i], &zq2);
     }
 }
 
 VM_INLINE void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_K * (x + GELU_A * x * x * x);
-        float au = vm_u2f(vm_f2u(u) & 0x7FFFFFFFu);
-        float z = vm_expf_nonpos(-2.0f * au);
-        float q = 1.0f / (1.0f + z);
-        float s = vm_select(u >= 0.0f, q, z * q);
+        float x = inp[i], zq2;
+        float s = gelu_gate(x, &zq2);
         float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
-        float grad = s + 2.0f * x * (z * q * q) * du;
+        float grad = s + 2.0f * x * zq2 * du;
         dinp[i] += grad * dout[i];
     }
 }
