@@ -99,6 +99,8 @@ def main(argv=None):
                     help="a: B16 T128 C128 V256 NH4;  b: B8 T256 C384 V256 NH6 (default)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="C threads (default: all)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also time the C kernels on 1 thread and print the 1-to-N speed-up")
     args = ap.parse_args(argv)
     if c_unavailable_reason():
         sys.exit("the C backend is unavailable (%s): nothing to compare" % c_unavailable_reason())
@@ -111,7 +113,9 @@ def main(argv=None):
     B, T, C, V, NH = shape
     print("pyllm %s kernel benchmark: B=%d T=%d C=%d V=%d NH=%d, C threads=%d, medians of %d"
           % (pyllm.__version__, B, T, C, V, NH, pyllm.get_num_threads(), repeat))
-    print("%-26s %22s %22s %8s" % ("kernel", "numpy ms (min-max)", "c ms (min-max)", "speedup"))
+    print("%-26s %22s %22s %8s%s" % ("kernel", "numpy ms (min-max)", "c ms (min-max)", "speedup",
+                                     "  c 1-thread ms, scaling" if args.scaling else ""))
+    nthreads = pyllm.get_num_threads()
     npk, ck = backend_module("numpy"), backend_module("c")
     ratios = []
     for label, name, kargs in cases(B, T, C, V, NH):
@@ -119,9 +123,15 @@ def main(argv=None):
         time.sleep(0.5)  # let OpenBLAS threads go idle before the OpenMP kernel
         tc = timeit(getattr(ck, name), kargs, repeat)
         ratios.append(tn[0] / tc[0])
-        print("%-26s %7.3f (%6.3f-%6.3f) %7.3f (%6.3f-%6.3f) %7.1fx" % (
+        extra = ""
+        if args.scaling:
+            pyllm.set_num_threads(1)
+            t1 = timeit(getattr(ck, name), kargs, repeat)
+            pyllm.set_num_threads(nthreads)
+            extra = "  %8.3f %5.2fx" % (t1[0] * 1e3, t1[0] / tc[0])
+        print("%-26s %7.3f (%6.3f-%6.3f) %7.3f (%6.3f-%6.3f) %7.1fx%s" % (
             label, tn[0] * 1e3, tn[1] * 1e3, tn[2] * 1e3, tc[0] * 1e3, tc[1] * 1e3, tc[2] * 1e3,
-            ratios[-1]))
+            ratios[-1], extra))
     print("geometric-mean speed-up: %.1fx" % np.exp(np.mean(np.log(ratios))))
 
 
