@@ -55,7 +55,8 @@ setup(
     packages=find_packages(include=["pyllm", "pyllm.*"]),
     install_requires=["numpy>=1.21", "cffi>=1.15"],
     setup_requires=["cffi>=1.15"],
-    extras_require={"test": ["pytest", "hypothesis", "wheel"]},  # wheel: the fallback test builds
+    # setuptools + wheel: the fallback test builds without build isolation (no network)
+    extras_require={"test": ["pytest", "hypothesis", "setuptools", "wheel"]},
     cffi_modules=["pyllm/_build.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext},
     entry_points={"console_scripts": ["pyllm=pyllm.cli:main"]},
