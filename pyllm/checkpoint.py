@@ -57,7 +57,7 @@ def _model_from_tensors(cfg, tensors, path, prefix=""):
             raise CheckpointError("%s: tensor %r has shape %s, expected %s"
                                   % (path, name, tuple(arr.shape), shape))
         sd[name] = arr
-    model = GPT(cfg, seed=0)
+    model = GPT(cfg, seed=None)  # the weights come from the file: no random init
     model.load_state_dict(sd)
     if not np.all(np.isfinite(model.params)):
         raise CheckpointError("%s holds non-finite weights (NaN or Inf)" % path)

@@ -112,7 +112,8 @@ class GPT:
 
     Initialisation: weights normal(0, 0.02), the residual projections (``attn.c_proj``,
     ``mlp.c_proj``) scaled by 1/sqrt(2 n_layer), biases zero, LayerNorm gains one. ``dtype``
-    float64 works on the NumPy backend only (for finite-difference checks).
+    float64 works on the NumPy backend only (for finite-difference checks). ``seed=None`` skips
+    the initialisation (all weights zero), for callers that load weights right after.
     """
 
     def __init__(self, config, seed=0, dtype=np.float32):
@@ -129,7 +130,8 @@ class GPT:
         self.grads.flat, self.grads.n_decay = self._g.flat, self._g.n_decay
         self.n_decay = self._p.n_decay
         self._acts = None
-        self._init_weights(seed)
+        if seed is not None:
+            self._init_weights(seed)
 
     # ---- parameters ---------------------------------------------------------------------------
 

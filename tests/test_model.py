@@ -110,6 +110,7 @@ def test_initialisation_as_gpt2():
     # same seed, same weights; another seed, other weights
     assert np.array_equal(pyllm.GPT(m.config, seed=0).params, m.params)
     assert not np.array_equal(pyllm.GPT(m.config, seed=1).params, m.params)
+    assert not np.any(pyllm.GPT(m.config, seed=None).params)  # no init: loaders fill it
 
 
 # ---- forward and loss against the reference ---------------------------------------------------
