@@ -93,6 +93,16 @@ int attention_backward(float *dqkv, const float *dout, const float *qkv, const f
 int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,
                      int B, int pos, int maxT, int C, int NH);
 
+/* decode.c: one new token per sequence (tok (B)) at position pos through the whole model with a
+   KV cache; logits (B,V) out. weights: 4 + 12 L pointers -- wte (V,C), wpe (maxT,C), then per layer
+   ln_1.w, ln_1.b (C), attn.c_attn.w (C,3C), .b (3C), attn.c_proj.w (C,C), .b (C), ln_2.w, ln_2.b (C),
+   mlp.c_fc.w (C,4C), .b (4C), mlp.c_proj.w (4C,C), .b (C), then ln_f.w, ln_f.b (C).
+   cache (L,2,B,NH,maxT,hd) holds k (index 0) and v (1) of positions 0..pos-1 and gets pos's;
+   scratch: 15 B C floats */
+int gpt_decode_step(float *logits, float *cache, float *scratch, const int32_t *tok,
+                    const float *const *weights, int B, int pos, int maxT, int V, int C, int NH,
+                    int L);
+
 /* adamw.c: one AdamW step over n parameters (bias-corrected moments, decoupled weight decay) */
 int adamw_update(float *params, const float *grads, float *m, float *v, int64_t n, float lr,
                  float beta1, float beta2, float eps, float weight_decay, int step);

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .backend import get_backend, ops
+from .backend._check import decoder_weight_names
 from .rng import RNG
 
 MODEL_FORMAT = "pyllm-model"
@@ -370,28 +371,6 @@ class GPT:
             cache[i, 1, :, :, :T] = kv[:, :, 2].transpose(0, 2, 1, 3)
         return a["logits"][:, -1].copy()
 
-    def _decode_step(self, tok, pos, cache, bufs):
-        """One token per sequence at position pos through the cache; returns logits (B,V)."""
-        P, NH, C = self._p.views, self.config.n_head, self.config.n_embd
-        x, h, qkv, att, y, fc, fcg, lnf, logits, kcs = bufs
-        ops.encoder_forward(x, tok, P["wte.weight"], P["wpe.weight"], pos)
-        x2 = x.reshape(-1, C)                                         # (B,C)
-        for i in range(self.config.n_layer):
-            p = "h.%d." % i
-            ops.layernorm_forward(h, None, None, x2, P[p + "ln_1.weight"], P[p + "ln_1.bias"])
-            ops.matmul_forward(qkv, h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])
-            ops.attention_decode(att, kcs[i][0], kcs[i][1], qkv, pos, NH)
-            ops.matmul_forward(y, att, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])
-            ops.residual_forward(x2, x2, y)
-            ops.layernorm_forward(h, None, None, x2, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            ops.matmul_forward(fc, h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])
-            ops.gelu_forward(fcg, fc)
-            ops.matmul_forward(y, fcg, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])
-            ops.residual_forward(x2, x2, y)
-        ops.layernorm_forward(lnf, None, None, x2, P["ln_f.weight"], P["ln_f.bias"])
-        ops.gemm(logits, lnf, P["wte.weight"], trans_b=True)
-        return logits
-
     def stream(self, prompt_idx, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None,
                seed=0, use_cache=True, stop_token=None):
         """Generate tokens one at a time: yields an int array (B,) per step.
@@ -403,21 +382,19 @@ class GPT:
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         B, cfg = idx.shape[0], self.config
         rng = RNG(int(seed))
-        seq = idx
-        C, V, bs = cfg.n_embd, cfg.vocab_size, cfg.block_size
-        cache = self._new_cache(B) if use_cache else None
-        e = lambda *s: np.zeros(s, dtype=self.dtype)  # noqa: E731
-        bufs = None
+        seq, bs = idx, cfg.block_size
+        cache = dec = None
         if use_cache:
-            bufs = (e(B, 1, C), e(B, C), e(B, 3 * C), e(B, C), e(B, C), e(B, 4 * C),
-                    e(B, 4 * C), e(B, C), e(B, V),
-                    [(cache[i, 0], cache[i, 1]) for i in range(cfg.n_layer)])
+            cache = self._new_cache(B)
+            P = self._p.views
+            dec = ops.Decoder([P[n] for n in decoder_weight_names(cfg.n_layer)], cache,
+                              cfg.n_head)
         logits = None
         for step in range(int(max_new_tokens)):
             T = seq.shape[1]
             if use_cache and logits is not None and T <= bs:
                 # the cache holds positions 0..T-2; the new token sits at T-1
-                logits = self._decode_step(seq[:, -1:], T - 1, cache, bufs)
+                logits = dec.step(seq[:, -1], T - 1)
             elif use_cache and T <= bs:
                 logits = self._prefill(seq, cache)
             else:

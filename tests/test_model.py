@@ -310,6 +310,73 @@ def test_greedy_with_and_without_cache_identical(backend):
     assert np.array_equal(seq, a[:1])
 
 
+def test_decoder_steps_match_the_reference_forward(backend, rng):
+    """Decoder.step at positions 0..T-1 gives the reference forward's logits at each position,
+    with two sequences in the batch, and the cache ends up holding every position's k and v."""
+    from pyllm.backend import ops
+    from pyllm.backend._check import decoder_weight_names
+    m = tiny(seed=5)
+    randomize(m, seed=5, scale=0.5)
+    cfg, sd = m.config, m.state_dict()
+    idx = rng.integers(0, cfg.vocab_size, (2, cfg.block_size))
+    want = ref_forward(sd, cfg, idx)                                       # (B,T,V)
+    cache = np.zeros((cfg.n_layer, 2, 2, cfg.n_head, cfg.block_size, 4), np.float32)
+    dec = ops.Decoder([sd[n] for n in decoder_weight_names(cfg.n_layer)], cache, cfg.n_head)
+    for t in range(cfg.block_size):
+        got = dec.step(idx[:, t], t)
+        np.testing.assert_allclose(got, want[:, t], rtol=1e-4, atol=1e-5)
+    assert np.all(cache != 0)
+    # the C decoder and the NumPy one agree on the cache too
+    other = "numpy" if backend == "c" else "c"
+    from conftest import REQUIRE_C
+    from pyllm.backend import backend_module, c_unavailable_reason
+    if other == "c" and c_unavailable_reason() is not None and not REQUIRE_C:
+        return
+    cache2 = np.zeros_like(cache)
+    dec2 = backend_module(other).Decoder([sd[n] for n in decoder_weight_names(cfg.n_layer)],
+                                         cache2, cfg.n_head)
+    for t in range(cfg.block_size):
+        dec2.step(idx[:, t], t)
+    np.testing.assert_allclose(cache2, cache, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_rejects_bad_input(backend):
+    from pyllm.backend import ops
+    from pyllm.backend._check import decoder_weight_names
+    m = tiny()
+    cfg, sd = m.config, m.state_dict()
+    W = [sd[n] for n in decoder_weight_names(cfg.n_layer)]
+    cache = np.zeros((cfg.n_layer, 2, 1, cfg.n_head, cfg.block_size, 4), np.float32)
+    with pytest.raises(ValueError, match="4 \\+ 12"):
+        ops.Decoder(W[:-1], cache, cfg.n_head)
+    with pytest.raises(ValueError, match="n_head"):
+        ops.Decoder(W, cache, 3)
+    with pytest.raises(ValueError, match="cache must have shape"):
+        ops.Decoder(W, cache[:, :, :, :, :4].copy(), cfg.n_head)
+    bad = list(W)
+    bad[4] = W[4].T.copy()                                                # c_attn (3C, C)
+    with pytest.raises(ValueError, match="h.0.attn.c_attn.weight must have shape"):
+        ops.Decoder(bad, cache, cfg.n_head)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.Decoder(W, cache.astype(np.int32), cfg.n_head)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = cache.copy()
+        ro.flags.writeable = False
+        ops.Decoder(W, ro, cfg.n_head)
+    dec = ops.Decoder(W, cache, cfg.n_head)
+    with pytest.raises(ValueError, match="outside the valid range"):
+        dec.step(np.array([cfg.vocab_size]), 0)
+    with pytest.raises(ValueError, match="outside the valid range"):
+        dec.step(np.array([-1]), 0)
+    with pytest.raises(ValueError, match="shape"):
+        dec.step(np.array([1, 2]), 0)
+    with pytest.raises(ValueError, match="pos = 8"):
+        dec.step(np.array([1]), cfg.block_size)
+    with pytest.raises(TypeError, match="pos must be an int"):
+        dec.step(np.array([1]), 1.5)
+    assert np.all(cache == 0)                                             # nothing ran
+
+
 def test_sampling_same_seed_same_tokens_on_both_backends():
     from conftest import need_c
     need_c()

@@ -329,6 +329,61 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
     return size("B", B), pos, size("maxT", maxT), size("C", C, 1), NH
 
 
+DECODER_LAYER = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                 "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                 "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+def decoder_weight_names(n_layer):
+    """The order of the ``weights`` list a Decoder takes (GPT-2 state-dict names)."""
+    names = ["wte.weight", "wpe.weight"]
+    for i in range(n_layer):
+        names += ["h.%d.%s" % (i, n) for n in DECODER_LAYER]
+    return names + ["ln_f.weight", "ln_f.bias"]
+
+
+def decoder(weights, cache, n_head, dt):
+    """A Decoder's weights (list in decoder_weight_names order) and KV cache (L,2,B,NH,maxT,hd)."""
+    if not isinstance(weights, (list, tuple)) or len(weights) < 16 or (len(weights) - 4) % 12:
+        raise ValueError("weights must be a list of 4 + 12 * n_layer arrays, in "
+                         "decoder_weight_names order")
+    L = (len(weights) - 4) // 12
+    names = decoder_weight_names(L)
+    wte = farr(names[0], weights[0], dt)
+    if wte.ndim != 2:
+        raise ValueError("wte.weight must be (V, C), got %s" % (wte.shape,))
+    V, C = wte.shape
+    NH = _heads(C, n_head)
+    farr(names[1], weights[1], dt, like=wte)
+    if weights[1].ndim != 2 or weights[1].shape[1] != C:
+        raise ValueError("wpe.weight must be (block_size, %d), got %s" % (C, weights[1].shape))
+    maxT = weights[1].shape[0]
+    layer = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, 4 * C), (4 * C,),
+             (4 * C, C), (C,)]
+    shapes = layer * L + [(C,), (C,)]
+    for name, w, shape in zip(names[2:], weights[2:], shapes):
+        farr(name, w, dt, shape=shape, like=wte)
+    farr("cache", cache, dt, out=True, like=wte)
+    if cache.ndim != 6 or cache.shape[:2] != (L, 2) or cache.shape[3:] != (NH, maxT, C // NH):
+        raise ValueError("cache must have shape (n_layer, 2, B, n_head, block_size, head size) = "
+                         "(%d, 2, B, %d, %d, %d), got %s" % (L, NH, maxT, C // NH, cache.shape))
+    B = cache.shape[2]
+    for name, w in zip(names, weights):
+        no_alias("cache", cache, **{name: w})
+    return size("B", B, 1), size("maxT", maxT, 1), size("V", V, 1), size("C", C, 1), NH, L
+
+
+def decode_step(tok, pos, B, V, maxT):
+    """One Decoder step: tok (B,) ids < V, 0 <= pos < maxT. Returns tok as int32 and pos."""
+    tok = ids("tok", tok, V, shape=(B,))
+    if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)):
+        raise TypeError("pos must be an int, got %s" % type(pos).__name__)
+    pos = int(pos)
+    if pos < 0 or pos >= maxT:
+        raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
+    return tok, pos
+
+
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, dt):
     n = elementwise(("params", "m", "v"), (params, m, v), ("grads",), (grads,), dt)
     for name, a in (("params", params), ("m", m), ("v", v)):

@@ -146,6 +146,32 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head):
                                                  B, pos, maxT, C, NH))
 
 
+# ---- decoding --------------------------------------------------------------------------------
+
+class Decoder:
+    """The NumPy backend's Decoder in one C call per step (``gpt_decode_step`` in decode.c).
+
+    The arrays are checked and their pointers taken once, here; each step checks only tok and pos.
+    """
+
+    def __init__(self, weights, cache, n_head):
+        B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT)
+        self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
+        self.weights, self.cache = list(weights), cache
+        self.logits = np.zeros((B, V), dtype=np.float32)
+        self._scratch = np.zeros(15 * B * C, dtype=np.float32)
+        self._keep = [_f(w) for w in self.weights]         # keeps the buffers alive
+        self._wptrs = ffi.new("float *[]", self._keep)
+        self._args = (_f(self.logits), _f(cache), _f(self._scratch))
+
+    def step(self, tok, pos):
+        tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
+        _ok("gpt_decode_step", lib.gpt_decode_step(*self._args, _i(tok), self._wptrs, self.B,
+                                                   pos, self.maxT, self.V, self.C, self.NH,
+                                                   self.L))
+        return self.logits
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):

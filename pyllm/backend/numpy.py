@@ -232,6 +232,48 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head):
     out[...] = ((e / e.sum(axis=-1, keepdims=True)) @ v).reshape(B, C)
 
 
+# ---- decoding --------------------------------------------------------------------------------
+
+class Decoder:
+    """Sampling's forward pass: one new token per sequence through a KV cache.
+
+    ``weights`` lists the model's arrays in ``decoder_weight_names(n_layer)`` order (wte, wpe,
+    12 per layer, ln_f); ``cache`` (L,2,B,NH,block_size,hd) holds each layer's k (0) and v (1) for
+    the positions seen so far. ``step(tok, pos)`` runs tokens tok (B,) at position pos through
+    every layer -- the training forward restricted to one position -- stores their k, v in the
+    cache and returns the logits (B,V) in a buffer that the next step overwrites.
+    """
+
+    def __init__(self, weights, cache, n_head):
+        B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT)
+        self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
+        self.weights, self.cache = list(weights), cache
+        e = lambda *s: np.zeros(s, dtype=cache.dtype)  # noqa: E731
+        self.x, self.h, self.y, self.att = e(B, 1, C), e(B, C), e(B, C), e(B, C)
+        self.qkv, self.fc, self.fcg, self.logits = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C), e(B, V)
+
+    def step(self, tok, pos):
+        tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
+        W, C, h, y = self.weights, self.C, self.h, self.y
+        encoder_forward(self.x, tok[:, None], W[0], W[1], pos)
+        x = self.x.reshape(-1, C)                                        # (B,C)
+        for i in range(self.L):
+            w = W[2 + 12 * i:14 + 12 * i]
+            layernorm_forward(h, None, None, x, w[0], w[1])
+            matmul_forward(self.qkv, h, w[2], w[3])                      # (B,3C)
+            attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos, self.NH)
+            matmul_forward(y, self.att, w[4], w[5])
+            residual_forward(x, x, y)
+            layernorm_forward(h, None, None, x, w[6], w[7])
+            matmul_forward(self.fc, h, w[8], w[9])                       # (B,4C)
+            gelu_forward(self.fcg, self.fc)
+            matmul_forward(y, self.fcg, w[10], w[11])
+            residual_forward(x, x, y)
+        layernorm_forward(h, None, None, x, W[-2], W[-1])
+        gemm(self.logits, h, W[0], trans_b=True)                         # (B,V) = h @ wte^T
+        return self.logits
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):
