@@ -325,31 +325,32 @@ class GPT:
             # MLP: res_3 = res_2 + c_proj(gelu(c_fc(ln_2(res_2))))
             d_gelu, d_fch, d_ln2 = a["d4C"], a["d4C2"], a["dC"]
             ops.gelu_forward(a["fch_gelu"], l["fch"])                 # recompute
-            d_gelu.fill(0.0)
-            ops.matmul_backward(d_gelu, G[p + "mlp.c_proj.weight"], G[p + "mlp.c_proj.bias"],
-                                dres, a["fch_gelu"], P[p + "mlp.c_proj.weight"])
+            self._linear_backward(d_gelu, p + "mlp.c_proj", dres, a["fch_gelu"])
             d_fch.fill(0.0)
             ops.gelu_backward(d_fch, l["fch"], d_gelu)
-            d_ln2.fill(0.0)
-            ops.matmul_backward(d_ln2, G[p + "mlp.c_fc.weight"], G[p + "mlp.c_fc.bias"],
-                                d_fch, l["ln_2"], P[p + "mlp.c_fc.weight"])
+            self._linear_backward(d_ln2, p + "mlp.c_fc", d_fch, l["ln_2"])
             ops.layernorm_backward(dres, G[p + "ln_2.weight"], G[p + "ln_2.bias"], d_ln2,
                                    l["res_2"], P[p + "ln_2.weight"], l["ln_2_mean"],
                                    l["ln_2_rstd"])
             # attention: res_2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
             d_atty, d_qkv, d_ln1 = a["dC"], a["d3C"], a["dC2"]
-            d_atty.fill(0.0)
-            ops.matmul_backward(d_atty, G[p + "attn.c_proj.weight"], G[p + "attn.c_proj.bias"],
-                                dres, l["atty"], P[p + "attn.c_proj.weight"])
+            self._linear_backward(d_atty, p + "attn.c_proj", dres, l["atty"])
             d_qkv.fill(0.0)
             ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH)
-            d_ln1.fill(0.0)
-            ops.matmul_backward(d_ln1, G[p + "attn.c_attn.weight"], G[p + "attn.c_attn.bias"],
-                                d_qkv, l["ln_1"], P[p + "attn.c_attn.weight"])
+            self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
             ops.layernorm_backward(dres, G[p + "ln_1.weight"], G[p + "ln_1.bias"], d_ln1,
                                    x_in, P[p + "ln_1.weight"], l["ln_1_mean"], l["ln_1_rstd"])
         ops.encoder_backward(G["wte.weight"], G["wpe.weight"], dres, idx)
         return loss, self.grads
+
+    def _linear_backward(self, dinp, name, dout, inp):
+        """Backward of the layer ``name`` (out = inp @ W + b): dinp = dout @ W^T is written (not
+        added, so it needs no zeroing first), and dW, db are added into the gradient slab."""
+        W, OC = self._p.views[name + ".weight"], dout.shape[-1]
+        ops.gemm(dinp.reshape(-1, W.shape[0]), dout.reshape(-1, OC), W, trans_b=True)
+        ops.matmul_backward(None, self._g.views[name + ".weight"], self._g.views[name + ".bias"],
+                            dout, inp, W)
+        return dinp
 
     # ---- generation ---------------------------------------------------------------------------
 
