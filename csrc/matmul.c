@@ -484,10 +484,16 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         /* streaming b is memory-bound: two threads pay off from a few hundred KiB of b */
         if (pyllm_nthreads() > 1 && (double)N * K >= 65536.0) nt = pyllm_nthreads();
         smallm_fn smallm = select_smallm();
-        int nchunks = cdiv(N, SCOLS);
+        /* column chunks of at most SCOLS, as many as a multiple of the thread count so that the
+           threads get equal shares, 64 wide (the M == 1 tile) where that fits. The chunking
+           changes no sum: each column is computed the same way in any chunk. */
+        int nchunks = cdiv(cdiv(N, SCOLS), nt) * nt;
+        int width = cdiv(cdiv(N, nchunks), 64) * 64;
+        if (width > SCOLS) width = cdiv(cdiv(N, nchunks), NR) * NR;
+        nchunks = cdiv(N, width);
         OMP_PARALLEL_FOR_NT
         for (int t = 0; t < nchunks; t++)
-            smallm(M, t * SCOLS, imin(SCOLS, N - t * SCOLS), K, kcb, a, lda, trans_a, b, ldb,
+            smallm(M, t * width, imin(width, N - t * width), K, kcb, a, lda, trans_a, b, ldb,
                    trans_b, c, ldc, accumulate, bias);
         return PYLLM_OK;
     }

@@ -426,6 +426,7 @@ def test_decode_matches_full_attention(kmod, rng):
 
 THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (700, 96, 130)),
                 (case_gemm, (97, 250, 300, True, False, True)),
+                (case_matmul_forward, (1, 384, 1152)), (case_gemm, (2, 256, 384, False, True, False)),
                 (case_encoder_backward, (4, 64, 96, 7)), (case_layernorm_forward, (333, 97)),
                 (case_layernorm_backward, (333, 97)), (case_gelu_forward, (100003,)),
                 (case_gelu_backward, (100003,)), (case_softmax_forward, (64, 999)),
@@ -450,6 +451,20 @@ def test_same_bits_any_thread_count(case, cmod):
     for i in outs:
         for r in results[1:]:
             assert np.array_equal(results[0][i], r[i], equal_nan=True), "%s output %d" % (name, i)
+
+
+@pytest.mark.parametrize("M,N,K,trans_b", [(1, 1152, 384, False), (3, 200, 130, False),
+                                           (1, 256, 384, True), (4, 77, 1000, True)])
+def test_few_rows_same_bits_as_in_a_big_product(cmod, rng, M, N, K, trans_b):
+    """A decode-sized product (M <= 4 rows, its own code path) gives each row the same bits as
+    that row inside a large product, so cached and uncached generation agree exactly."""
+    a = f32(rng, 64, K)
+    b = f32(rng, N, K) if trans_b else f32(rng, K, N)
+    big = np.zeros((64, N), np.float32)
+    cmod.gemm(big, a, b, trans_b=trans_b)
+    few = np.zeros((M, N), np.float32)
+    cmod.gemm(few, np.ascontiguousarray(a[10:10 + M]), b, trans_b=trans_b)
+    assert np.array_equal(few, big[10:10 + M])
 
 
 def test_norm_squared_same_bits_any_thread_count(cmod, rng):
