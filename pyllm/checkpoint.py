@@ -104,6 +104,11 @@ def load_gpt2(path, n_head=None):
     ``attn.masked_bias`` mask buffers are ignored, and the LM head is taken as tied to ``wte``.
     """
     path = os.fspath(path)
+    if n_head is not None:
+        if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)):
+            raise TypeError("n_head must be an int, got %r" % (n_head,))
+        if n_head < 1:
+            raise ValueError("n_head must be >= 1, got %d" % n_head)
     cfg_json = None
     if os.path.isdir(path):
         st = os.path.join(path, "model.safetensors")
@@ -135,18 +140,22 @@ def load_gpt2(path, n_head=None):
         if cfg_json.get("layer_norm_epsilon", 1e-5) != 1e-5:
             raise CheckpointError("layer_norm_epsilon %r is not GPT-2's 1e-5"
                                   % cfg_json.get("layer_norm_epsilon"))
-        n_head = n_head or cfg_json.get("n_head")
+        if n_head is None and "n_head" in cfg_json:
+            n_head = cfg_json["n_head"]
+            if isinstance(n_head, bool) or not isinstance(n_head, int):
+                raise CheckpointError("config.json: n_head must be an integer, got %r" % (n_head,))
         for key, val in (("n_embd", C), ("n_layer", n_layer), ("vocab_size", V),
                          ("n_positions", block)):
             if key in cfg_json and cfg_json[key] != val:
                 raise CheckpointError("config.json says %s=%r but the tensors give %d"
                                       % (key, cfg_json[key], val))
-    n_head = n_head or _GPT2_HEADS.get(C)
+    if n_head is None:
+        n_head = _GPT2_HEADS.get(C)
     if n_head is None:
         raise CheckpointError("cannot tell n_head for n_embd=%d without config.json; pass "
                               "n_head=" % C)
     try:
-        cfg = GPTConfig(vocab_size=V, block_size=block, n_layer=n_layer, n_head=int(n_head),
+        cfg = GPTConfig(vocab_size=V, block_size=block, n_layer=n_layer, n_head=n_head,
                         n_embd=C)
     except (TypeError, ValueError) as exc:
         raise CheckpointError("%s: %s" % (path, exc)) from None
@@ -182,6 +191,12 @@ def load_checkpoint(directory):
                               "a model file can be loaded with pyllm.load" % (path, exc)) from None
     if m.shape != model.params.shape or v.shape != model.params.shape:
         raise CheckpointError("%s: optimizer state has the wrong size" % path)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CheckpointError("%s: state has no integer step" % path)
+    if not isinstance(state, dict) or isinstance(state.get("step"), bool) \
+            or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointError("%s: state has no integer step >= 0" % path)
+    if t < 0:
+        raise CheckpointError("%s: the optimizer step count is negative (%d)" % (path, t))
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(v)) and np.all(v >= 0)):
+        raise CheckpointError("%s: the optimizer moments are not finite (or the second moment "
+                              "is negative)" % path)
     return model, {"m": m, "v": v, "t": t}, state

@@ -12,14 +12,26 @@ from . import __version__
 def _add_backend_args(p):
     p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None,
                    help="kernel backend (default: $PYLLM_BACKEND or auto)")
-    p.add_argument("--threads", type=int, default=None, help="C kernel threads (default: all)")
+    p.add_argument("--threads", type=_thread_count, default=None,
+                   help="C kernel threads (default: all)")
+
+
+def _thread_count(text):
+    """argparse type of --threads: an int in [1, 2**31 - 1] (the C kernels take a C int)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid int value: %r" % text) from None
+    if not 1 <= n <= 2**31 - 1:
+        raise argparse.ArgumentTypeError("must be an integer from 1 to 2147483647, got %d" % n)
+    return n
 
 
 def _apply_backend_args(args):
     import pyllm
     if args.backend:
         pyllm.set_backend(args.backend)
-    if args.threads:
+    if args.threads is not None:
         pyllm.set_num_threads(args.threads)
 
 
@@ -81,8 +93,25 @@ def build_parser():
     return ap
 
 
+def _printable(text, stream):
+    """``text`` with what ``stream``'s encoding cannot represent (a lone surrogate from a
+    hand-edited tokenizer, non-ASCII on an ASCII terminal) replaced, so printing never fails."""
+    enc = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(enc, "replace").decode(enc)
+    except LookupError:  # an encoding name Python does not know: leave it to the stream
+        return text
+
+
+def _check_sampling_args(args):
+    """Reject bad sampling settings before anything is loaded or printed."""
+    from .model import check_sampling
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+
+
 def _stream_sample(model, tokenizer, prompt, args, use_cache=True):
     """Print prompt + sampled text, decoding incrementally as tokens arrive."""
+    _check_sampling_args(args)
     if prompt is None:
         prompt = "\n"
     try:
@@ -92,21 +121,29 @@ def _stream_sample(model, tokenizer, prompt, args, use_cache=True):
     if not ids:
         raise SystemExit("error: the prompt encodes to no tokens")
     out = sys.stdout
-    out.write(prompt)
+    out.write(_printable(prompt, out))
     out.flush()
     new, shown = [], ""
     t0 = time.time()
-    for tok in model.stream(np.array([ids]), args.max_new_tokens, args.temperature, args.top_k,
-                            args.top_p, args.seed, use_cache=use_cache):
-        new.append(int(tok[0]))
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):  # a multi-byte character still incomplete
-            continue
-        out.write(text[len(shown):])
+    try:
+        for tok in model.stream(np.array([ids]), args.max_new_tokens, args.temperature,
+                                args.top_k, args.top_p, args.seed, use_cache=use_cache):
+            new.append(int(tok[0]))
+            if new[-1] >= tokenizer.vocab_size:  # a model with a padded vocabulary
+                raise SystemExit("error: the model sampled token id %d, which the tokenizer "
+                                 "(%d ids) cannot decode" % (new[-1], tokenizer.vocab_size))
+            text = tokenizer.decode(new)
+            if text.endswith("\ufffd"):  # a multi-byte character still incomplete
+                continue
+            out.write(_printable(text[len(shown):], out))
+            out.flush()
+            shown = text
+    except (Exception, SystemExit):
+        out.write("\n")  # end the text line, so the error message does not run into it
         out.flush()
-        shown = text
+        raise
     text = tokenizer.decode(new)
-    out.write(text[len(shown):] + "\n")
+    out.write(_printable(text[len(shown):] + "\n", out))
     out.flush()
     dt = time.time() - t0
     print("[%d tokens in %.2f s, %.1f tokens/s]" % (len(new), dt, len(new) / max(dt, 1e-9)),
@@ -145,6 +182,7 @@ def cmd_train(args):
 def cmd_sample(args):
     import pyllm
     from .checkpoint import TOKENIZER_FILE
+    _check_sampling_args(args)
     if args.gpt2:
         model = pyllm.load_gpt2(args.gpt2)
         tokenizer = pyllm.BPETokenizer.from_gpt2(args.gpt2)
@@ -159,6 +197,10 @@ def cmd_sample(args):
         tokenizer = pyllm.load_tokenizer(tf)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit("error: the tokenizer (%d ids) does not fit the model (%d)"
+                         % (tokenizer.vocab_size, model.config.vocab_size))
+    if args.ckpt and tokenizer.vocab_size != model.config.vocab_size:
+        # pyllm writes the two together, so they always agree: this is the wrong tokenizer
+        raise SystemExit("error: the tokenizer (%d ids) does not match the model (%d ids)"
                          % (tokenizer.vocab_size, model.config.vocab_size))
     _stream_sample(model, tokenizer, args.prompt, args, use_cache=not args.no_cache)
     return 0
@@ -224,9 +266,13 @@ def main(argv=None):
     try:
         _apply_backend_args(args)
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError, RuntimeError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
     except BrokenPipeError:
         return 0
+    except MemoryError as exc:
+        print("error: out of memory%s" % (": %s" % exc if str(exc) else ""), file=sys.stderr)
+        return 2
+    # OSError: missing, unreadable or unwritable paths; ArithmeticError: e.g. the
+    # FloatingPointError of a model whose logits overflow
+    except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError) as exc:
+        print("error: %s" % (str(exc) or type(exc).__name__), file=sys.stderr)
+        return 2

@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import re
+import stat
 import warnings
 
 import numpy as np
@@ -149,18 +150,26 @@ def read_text(path) -> str:
     extension is read, skipping hidden files and directories (names starting
     with ``.``), in sorted order of their relative paths compared component by
     component (so ``a/z.txt`` comes before ``b.txt``).  Empty files are
-    skipped; binary files are skipped with a :class:`UserWarning`.  The texts
-    are joined with ``"\\n\\n"``.
+    skipped; binary files, files that cannot be read (a dangling link, no
+    permission) and anything that is not a regular file (a named pipe, a
+    device) are skipped with a :class:`UserWarning`.  The texts are joined
+    with ``"\\n\\n"``.
+
+    A single ``path`` may be a regular file or a named pipe (``--data
+    <(zcat corpus.gz)``), but not a device such as ``/dev/zero``, which never ends.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an empty or binary file (naming it), or a directory in
-            which no non-empty text file is found.
+        ValueError: for an empty or binary file (naming it), a device or socket,
+            or a directory in which no non-empty text file is found.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or directory: {path}")
     if not os.path.isdir(path):
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ValueError(f"{path}: not a regular file (a device or socket), expected UTF-8 text")
         text = _decode_file(path)
         if not text:
             raise ValueError(f"{path}: the file is empty")
@@ -177,9 +186,17 @@ def read_text(path) -> str:
     for rel in sorted(found):
         file_path = os.path.join(path, *rel)
         try:
+            if not stat.S_ISREG(os.stat(file_path).st_mode):  # opening a pipe would block
+                warnings.warn(f"skipping {file_path}: not a regular file", UserWarning,
+                              stacklevel=2)
+                continue
             text = _decode_file(file_path)
         except ValueError as e:
             warnings.warn(f"skipping {e}", UserWarning, stacklevel=2)
+            continue
+        except OSError as e:  # a dangling link, no permission, removed meanwhile
+            warnings.warn(f"skipping {file_path}: cannot be read ({e.strerror or e})",
+                          UserWarning, stacklevel=2)
             continue
         if text:
             texts.append(text)

@@ -15,6 +15,7 @@ hd = C // NH, V = vocab_size, L = n_layer.
 """
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -167,7 +168,8 @@ class GPT:
             if missing or extra:
                 raise ValueError("state dict mismatch: missing %s, unexpected %s"
                                  % (sorted(missing)[:5], sorted(extra)[:5]))
-        for name, arr in sd.items():
+        checked = {}
+        for name, arr in sd.items():                     # check everything, then copy
             if name not in mine:
                 continue
             arr = np.asarray(arr)
@@ -176,6 +178,8 @@ class GPT:
                                  % (name, arr.shape, mine[name].shape))
             if not np.issubdtype(arr.dtype, np.floating):
                 raise TypeError("%s must be a float array, got %s" % (name, arr.dtype))
+            checked[name] = arr
+        for name, arr in checked.items():
             mine[name][...] = arr
 
     # ---- activations --------------------------------------------------------------------------
@@ -459,13 +463,14 @@ def check_sampling(max_new_tokens, temperature, top_k, top_p):
         raise TypeError("max_new_tokens must be an int")
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0, got %d" % max_new_tokens)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-            and temperature >= 0):
+    if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature >= 0):
         raise ValueError("temperature must be a finite number >= 0, got %r" % (temperature,))
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
                               or top_k < 1):
         raise ValueError("top_k must be None or an int >= 1, got %r" % (top_k,))
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and not isinstance(top_p, bool)
+                                  and 0 < top_p <= 1):
         raise ValueError("top_p must be None or in (0, 1], got %r" % (top_p,))
 
 

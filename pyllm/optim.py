@@ -87,7 +87,14 @@ def clip_grad_norm(grads, max_norm):
     if not (isinstance(max_norm, (int, float)) and max_norm > 0):
         raise ValueError("max_norm must be a number > 0, got %r" % (max_norm,))
     flat = getattr(grads, "flat", None)
+    if flat is None and not isinstance(grads, dict):
+        raise TypeError("grads must be a GradDict or a dict of numpy arrays, got %s"
+                        % type(grads).__name__)
     arrays = [flat] if flat is not None else list(grads.values())
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
+            raise TypeError("every gradient must be a float numpy.ndarray, got %s"
+                            % (type(a).__name__ if not isinstance(a, np.ndarray) else a.dtype))
     total = 0.0
     for a in arrays:
         total += ops.norm_squared(a) if a.dtype in (np.float32, np.float64) and \

@@ -507,9 +507,11 @@ def _parse_header(
         raise fail(f"file is {len(prefix)} bytes, too short for the 8-byte header length")
     n = int.from_bytes(prefix, "little")
     if n > MAX_HEADER_SIZE:
-        raise fail(f"header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")
+        raise fail(f"header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes "
+                   "(not a safetensors file?)")
     if n > file_size - 8:
-        raise fail(f"header length {n} is larger than the rest of the file ({file_size - 8} bytes)")
+        raise fail(f"header length {n} is larger than the rest of the file ({file_size - 8} bytes;"
+                   " not a safetensors file?)")
     raw = f.read(n)
     if len(raw) != n:
         raise fail(f"file truncated while reading the {n}-byte header")

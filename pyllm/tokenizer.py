@@ -80,6 +80,7 @@ import json
 import operator
 import os
 import re
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -275,11 +276,17 @@ class _Reader:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            mode = os.stat(self.path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
+                raise ValueError(f"{self.path}: not a regular file (a device or socket)")
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
         except UnicodeDecodeError as e:
             raise ValueError(f"{self.path}: not a UTF-8 text file ({e})") from None
+        if text.startswith("\ufeff"):
+            text = text[1:]  # a byte-order mark, added by some editors
         self.lines = text.split("\n")
         if self.lines and self.lines[-1] == "":
             self.lines.pop()  # the final newline

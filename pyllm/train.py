@@ -10,8 +10,9 @@ corpus (text from the running Python's standard library), and writes into ``out`
 
 Resuming (``resume=True``) continues from the checkpoint so that the losses equal those of an
 uninterrupted run, step for step. Ctrl-C (SIGINT) finishes the current step, saves and returns.
-A NaN or Inf loss stops training with :class:`TrainingDiverged` and leaves the last good
-checkpoint untouched.
+A NaN or Inf loss (or gradient norm) stops training with :class:`TrainingDiverged` and leaves the
+last good checkpoint untouched; a checkpoint is never written from non-finite weights. A checkpoint
+whose training state is missing or inconsistent raises :class:`~pyllm.CheckpointError` on resume.
 """
 import dataclasses
 import json
@@ -26,7 +27,8 @@ from typing import Optional
 import numpy as np
 
 from . import data as data_mod
-from .checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, TOKENIZER_FILE, CheckpointError, load_checkpoint, \
+    save_checkpoint
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .plot import write_loss_curve
@@ -48,8 +50,12 @@ LOG_FILE, CURVE_FILE, CONFIG_FILE, TOKENS_FILE = "log.jsonl", "loss.svg", "confi
     "tokens.bin"
 
 
+MAX_PARAMS = 2**31 - 1       # the C kernels index the parameter slab with a C int
+MAX_BLOCK_SIZE = 2**20       # as GPTConfig
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint was kept."""
+    """The loss or the gradient norm became NaN or Inf; the last good checkpoint was kept."""
 
 
 @dataclass
@@ -112,6 +118,17 @@ class TrainConfig:
             raise ValueError("val_fraction must be in (0, 0.5], got %r" % (c.val_fraction,))
         if c.n_embd % c.n_head:
             raise ValueError("n_embd (%d) must be divisible by n_head (%d)" % (c.n_embd, c.n_head))
+        if c.block_size > MAX_BLOCK_SIZE:
+            raise ValueError("block_size must be at most %d, got %d" % (MAX_BLOCK_SIZE,
+                                                                        c.block_size))
+        # parameters apart from the token embedding (the vocabulary is not known yet): refuse
+        # absurd shapes at once, before reading the data or allocating anything
+        n = c.n_layer * (12 * c.n_embd ** 2 + 13 * c.n_embd) + (c.block_size + 2) * c.n_embd
+        if n > MAX_PARAMS:
+            raise ValueError("n_layer=%d, n_embd=%d and block_size=%d give %s parameters, more "
+                             "than pyllm can train (%s)" % (c.n_layer, c.n_embd, c.block_size,
+                                                            format(n, ","),
+                                                            format(MAX_PARAMS, ",")))
         return c
 
 
@@ -139,17 +156,21 @@ def _read_log(path, before_step=None):
                     e = json.loads(line)
                 except ValueError:
                     continue  # a torn last line after a crash
-                if before_step is None or e.get("step", 0) < before_step:
+                if not isinstance(e, dict) or isinstance(e.get("step"), bool) \
+                        or not isinstance(e.get("step"), int):
+                    continue  # not a line this trainer wrote (an edited file)
+                if before_step is None or e["step"] < before_step:
                     out.append(e)
     return out
 
 
 def _write_curve(out):
     train, val = [], []
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     for e in _read_log(os.path.join(out, LOG_FILE)):
-        if "loss" in e:
+        if number(e.get("loss")):
             train.append((e["step"], e["loss"]))
-        if "val_loss" in e:
+        if number(e.get("val_loss")):
             val.append((e["step"], e["val_loss"]))
     write_loss_curve(os.path.join(out, CURVE_FILE), {"train": train, "val": val},
                      title="pyllm training loss")
@@ -171,9 +192,25 @@ def prepare_data(cfg, log, tokenizer=None):
             tokenizer = BPETokenizer.train(text, cfg.vocab_size)
         log("tokenizer: %s, vocabulary %d (%.1f s)" % (cfg.tokenizer, tokenizer.vocab_size,
                                                        time.time() - t0))
-    tokens = data_mod.tokenize_cached(text, tokenizer, os.path.join(cfg.out, TOKENS_FILE))
+        tokens = data_mod.tokenize_cached(text, tokenizer, os.path.join(cfg.out, TOKENS_FILE))
+    else:
+        # resuming: the text may have changed since, or the tokenizer file been replaced
+        try:
+            tokens = data_mod.tokenize_cached(text, tokenizer,
+                                              os.path.join(cfg.out, TOKENS_FILE))
+        except ValueError as exc:
+            raise ValueError("%s cannot be encoded with the run's tokenizer (%s): %s"
+                             % (cfg.data or "the default corpus",
+                                os.path.join(cfg.out, TOKENIZER_FILE), exc)) from None
     ds = data_mod.TokenDataset(tokens, cfg.val_fraction)
     log("tokens: %s train, %s val" % (format(ds.n_train, ","), format(ds.n_val, ",")))
+    need = cfg.block_size + 1
+    if ds.n_train < need or ds.n_val < need:
+        # say so now, not after building the model (or at the first evaluation)
+        raise ValueError("the text gives %s training and %s validation tokens, too few for "
+                         "block_size %d (each split needs at least %d); use a smaller "
+                         "block_size or more text" % (format(ds.n_train, ","),
+                                                     format(ds.n_val, ","), cfg.block_size, need))
     return tokenizer, ds
 
 
@@ -201,25 +238,55 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self.old)
 
 
+def _load_resume_state(out, cfg):
+    """Read the checkpoint in ``out`` for resuming; returns ``(model, optim_state, state,
+    settings, rng)``. Raises :class:`CheckpointError` when the saved training state is missing
+    or inconsistent (a checkpoint edited by hand or written by something else)."""
+    model, opt_state, state = load_checkpoint(out)
+    where = os.path.join(out, CHECKPOINT_FILE)
+    saved = state.get("train")
+    if not isinstance(saved, dict):
+        raise CheckpointError("%s has no training settings ('train' in its state); a model "
+                              "file can be loaded with pyllm.load, not resumed" % where)
+    # the run's settings come from the checkpoint; only the length and stop may change
+    saved = dict(saved, steps=cfg.steps or saved.get("steps"), stop_at=cfg.stop_at)
+    try:
+        settings = TrainConfig(**saved).resolved()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError("%s has invalid training settings: %s" % (where, exc)) from None
+    mc = model.config
+    for k in ("block_size", "n_layer", "n_head", "n_embd"):
+        if getattr(settings, k) != getattr(mc, k):
+            raise CheckpointError("%s: the training settings say %s=%r but the model has %r"
+                                  % (where, k, getattr(settings, k), getattr(mc, k)))
+    rng = RNG(0)
+    try:
+        rng.set_state(state.get("rng"))
+    except ValueError as exc:
+        raise CheckpointError("%s: %s" % (where, exc)) from None
+    return model, opt_state, state, settings, rng
+
+
 def train(cfg, resume=False, log=None, progress=True):
     """Run training as described by ``cfg`` (a :class:`TrainConfig`); returns a dict with the
     model, tokenizer, final step, last train and validation loss and whether it was interrupted.
     ``log`` receives human-readable lines (default: print to stderr)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = cfg.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError("the output directory %s exists and is not a directory" % out)
     os.makedirs(out, exist_ok=True)
     if resume:
-        model, opt_state, state = load_checkpoint(out)
-        saved = dict(state["train"])
-        # the run's settings come from the checkpoint; only the length and stop may change
-        saved.update(steps=cfg.steps or saved["steps"], stop_at=cfg.stop_at)
-        cfg = TrainConfig(**saved).resolved()
+        model, opt_state, state, cfg, rng = _load_resume_state(out, cfg)
         tokenizer = load_tokenizer(os.path.join(out, TOKENIZER_FILE))
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise CheckpointError("%s has %d token ids but the checkpoint's model has %d: it is "
+                                  "not the tokenizer this run was trained with"
+                                  % (os.path.join(out, TOKENIZER_FILE), tokenizer.vocab_size,
+                                     model.config.vocab_size))
         tokenizer, ds = prepare_data(cfg, log, tokenizer)
         opt = AdamW(model, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
         opt.load_state_dict(opt_state)
-        rng = RNG(0)
-        rng.set_state(state["rng"])
         start = state["step"]
         log("resuming from step %d" % start)
     else:
@@ -242,12 +309,15 @@ def train(cfg, resume=False, log=None, progress=True):
     kept = _read_log(os.path.join(out, LOG_FILE), before_step=start)
     atomic_write_text(os.path.join(out, LOG_FILE), "".join(json.dumps(e) + "\n" for e in kept))
     log("model: %s" % model)
-    from .backend import get_backend, get_num_threads
+    from .backend import get_backend, get_num_threads, ops
     log("backend: %s, %d thread(s); %d steps of %d x %d tokens%s" % (
         get_backend(), get_num_threads(), cfg.steps, cfg.batch_size, cfg.block_size,
         " x %d accumulated" % cfg.grad_accum if cfg.grad_accum > 1 else ""))
 
     def checkpoint(step):
+        if not math.isfinite(ops.norm_squared(model.params)):  # never replace a good one
+            raise TrainingDiverged("the weights are no longer finite at step %d; stopping. The "
+                                   "last good checkpoint in %s was kept." % (step, out))
         save_checkpoint(out, model, opt, {"step": step, "rng": rng.get_state(),
                                           "train": settings})
 
@@ -284,6 +354,11 @@ def train(cfg, resume=False, log=None, progress=True):
                         "%s was kept. Try a lower learning rate (now %g) or stronger gradient "
                         "clipping." % (loss, step, out, lr))
                 norm = clip_grad_norm(grads, cfg.grad_clip)
+                if not math.isfinite(norm):  # an update would make every weight NaN
+                    raise TrainingDiverged(
+                        "the gradient norm became %r at step %d (loss %r); stopping. The last "
+                        "good checkpoint in %s was kept. Try a lower learning rate (now %g)."
+                        % (norm, step, loss, out, lr))
                 opt.step(grads)
                 dt = time.time() - t0
                 recent = (recent + [dt])[-20:]

@@ -91,8 +91,8 @@ def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
         raise TypeError("number of threads must be an int, got %s" % type(n).__name__)
     n = int(n)
-    if n < 1:
-        raise ValueError("number of threads must be >= 1, got %d" % n)
+    if n < 1 or n > 2**31 - 1:
+        raise ValueError("number of threads must be in [1, 2147483647], got %d" % n)
     if _c_backend is not None:
         _c_backend.set_num_threads(n)
         n = _c_backend.get_num_threads()  # 1 when built without OpenMP

@@ -5,11 +5,14 @@ raises the same ``TypeError`` / ``ValueError`` on the NumPy and the C backend, w
 names the argument and what was expected, and nothing reaches C that could read or write out of
 bounds. Each function returns the sizes the kernel needs.
 
-Rules: float arrays are ``numpy.ndarray`` of one float dtype (float32 only for C; the NumPy backend
-also takes float64, used by the finite-difference tests), C-contiguous, writable when written;
-token ids are any integer dtype with every value in range (returned as contiguous int32); sizes
-fit a C ``int``.
+Rules: float arrays are ``numpy.ndarray`` of one native-endian float dtype (float32 only for C; the
+NumPy backend also takes float64, used by the finite-difference tests), C-contiguous, aligned,
+writable when written; token ids are any integer dtype with every value in range (returned as
+contiguous, aligned int32); integer scalars (positions, head counts) are ``int`` or NumPy integers;
+sizes fit a C ``int``.
 """
+import math
+
 import numpy as np
 
 INT_MAX = 2**31 - 1
@@ -36,6 +39,9 @@ def farr(name, a, dtypes, shape=None, out=False, like=None, optional=False):
         raise TypeError("%s has dtype %s but the other arrays are %s" % (name, a.dtype, like.dtype))
     if not a.flags.c_contiguous:
         raise ValueError("%s must be C-contiguous (use numpy.ascontiguousarray)" % name)
+    if not a.flags.aligned:
+        # C reads it as float*: an address that is not a multiple of the item size is undefined
+        raise ValueError("%s is not aligned to its item size (copy it with numpy.array)" % name)
     if out and not a.flags.writeable:
         raise ValueError("%s is read-only, but the kernel writes to it" % name)
     if shape is not None and tuple(a.shape) != tuple(shape):
@@ -55,7 +61,14 @@ def ids(name, a, upper, shape=None):
         if lo < 0 or hi >= upper:
             bad = lo if lo < 0 else hi
             raise ValueError("%s holds id %d, outside the valid range [0, %d)" % (name, bad, upper))
-    return np.ascontiguousarray(a, dtype=np.int32)
+    return np.require(a, np.int32, ["C", "A"])  # a copy unless already contiguous aligned int32
+
+
+def integer(name, v):
+    """An integer scalar argument (``int`` or a NumPy integer, not ``bool``) as a Python int."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError("%s must be an int, got %r" % (name, v))
+    return int(v)
 
 
 def size(name, n, lo=0):
@@ -97,7 +110,7 @@ def encoder_forward(out, idx, wte, wpe, pos0, dt):
     if idx.ndim != 2:
         raise ValueError("idx must have shape (B, T), got %s" % (idx.shape,))
     B, T = idx.shape
-    pos0 = int(pos0)
+    pos0 = integer("pos0", pos0)
     if pos0 < 0 or pos0 + T > maxT:
         raise ValueError("positions %d..%d exceed the block size %d (wpe has %d rows)"
                          % (pos0, pos0 + T - 1, maxT, maxT))
@@ -270,7 +283,7 @@ def crossentropy_backward(dlogits, logits, targets, scale, dt):
 
 
 def _heads(C, n_head):
-    n_head = int(n_head)
+    n_head = integer("n_head", n_head)
     if n_head < 1 or C % n_head:
         raise ValueError("n_head (%d) must be >= 1 and divide the channel count C (%d)"
                          % (n_head, C))
@@ -319,7 +332,7 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
                          % (B, NH, C // NH, kcache.shape))
     farr("vcache", vcache, dt, shape=kcache.shape, out=True, like=qkv)
     maxT = kcache.shape[2]
-    pos = int(pos)
+    pos = integer("pos", pos)
     if pos < 0 or pos >= maxT:
         raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
     farr("out", out, dt, shape=(B, C), out=True, like=qkv)
@@ -396,6 +409,9 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step,
     for name, x in (("beta1", beta1), ("beta2", beta2)):
         if not (0.0 <= x < 1.0):
             raise ValueError("%s must be in [0, 1), got %r" % (name, x))
-    if int(step) != step or step < 1 or step > INT_MAX:
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer,
+                                                                  np.floating)):
+        raise TypeError("step must be an int, got %r" % (step,))
+    if not (math.isfinite(step) and int(step) == step and 1 <= step <= INT_MAX):
         raise ValueError("step must be an integer >= 1, got %r" % (step,))
     return n
