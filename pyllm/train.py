@@ -31,9 +31,9 @@ from .checkpoint import CHECKPOINT_FILE, TOKENIZER_FILE, CheckpointError, load_c
     save_checkpoint
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
-from .plot import write_loss_curve
+from .plot import MAX_POINTS, write_loss_curve
 from .rng import RNG
-from .tensorfile import atomic_write_text
+from .tensorfile import _atomic_write, atomic_write_text
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
 # Model and run presets. "shakespeare" is nanoGPT's CPU recipe for Shakespeare-char.
@@ -146,34 +146,66 @@ def estimate_loss(model, dataset, split, iters, batch_size, block_size, seed):
     return float(np.mean(losses))
 
 
-def _read_log(path, before_step=None):
-    """Entries of log.jsonl (those with step < before_step when given)."""
-    out = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line after a crash
-                if not isinstance(e, dict) or isinstance(e.get("step"), bool) \
-                        or not isinstance(e.get("step"), int):
-                    continue  # not a line this trainer wrote (an edited file)
-                if before_step is None or e["step"] < before_step:
-                    out.append(e)
-    return out
+def _iter_log(path, before_step=None):
+    """Entries of log.jsonl, one at a time (those with step < before_step when given); the file
+    is streamed, never held in memory whole."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a crash
+            if not isinstance(e, dict) or isinstance(e.get("step"), bool) \
+                    or not isinstance(e.get("step"), int):
+                continue  # not a line this trainer wrote (an edited file)
+            if before_step is None or e["step"] < before_step:
+                yield e
+
+
+class _CurvePoints:
+    """Evenly spaced points of a stream in bounded memory, for the loss curve: every stride-th
+    point, the stride doubling whenever more than ``limit`` are kept, plus the latest point (so
+    a curve of up to ``limit`` points is drawn whole, a longer one with limit/2 to limit + 1)."""
+
+    def __init__(self, limit=MAX_POINTS):
+        self.limit, self.stride, self.n, self.pts, self.last = limit, 1, 0, [], None
+
+    def add(self, p):
+        if self.n % self.stride == 0:
+            self.pts.append(p)
+            if len(self.pts) > self.limit:
+                self.pts, self.stride = self.pts[::2], self.stride * 2
+        self.n += 1
+        self.last = p
+
+    def points(self):
+        if self.pts and self.pts[-1] is not self.last:
+            return self.pts + [self.last]
+        return list(self.pts)
 
 
 def _write_curve(out):
-    train, val = [], []
+    # one pass over the log keeping a bounded number of points, so that the memory this takes
+    # does not grow with the length of the run (it runs at every evaluation)
+    train, val = _CurvePoints(), _CurvePoints()
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    for e in _read_log(os.path.join(out, LOG_FILE)):
+    for e in _iter_log(os.path.join(out, LOG_FILE)):
         if number(e.get("loss")):
-            train.append((e["step"], e["loss"]))
+            train.add((e["step"], e["loss"]))
         if number(e.get("val_loss")):
-            val.append((e["step"], e["val_loss"]))
-    write_loss_curve(os.path.join(out, CURVE_FILE), {"train": train, "val": val},
-                     title="pyllm training loss")
+            val.add((e["step"], e["val_loss"]))
+    write_loss_curve(os.path.join(out, CURVE_FILE),
+                     {"train": train.points(), "val": val.points()}, title="pyllm training loss")
+
+
+def _truncate_log(path, before_step):
+    """Rewrite log.jsonl atomically with only the entries of steps < before_step (streamed)."""
+    def write(f):
+        for e in _iter_log(path, before_step):
+            f.write((json.dumps(e) + "\n").encode("utf-8"))
+    _atomic_write(path, write)
 
 
 def prepare_data(cfg, log, tokenizer=None):
@@ -306,8 +338,7 @@ def train(cfg, resume=False, log=None, progress=True):
                       json.dumps({"model": model.config.to_dict(), "train": settings},
                                  indent=2) + "\n")
     # keep the log consistent with the checkpoint: drop entries of steps it does not contain
-    kept = _read_log(os.path.join(out, LOG_FILE), before_step=start)
-    atomic_write_text(os.path.join(out, LOG_FILE), "".join(json.dumps(e) + "\n" for e in kept))
+    _truncate_log(os.path.join(out, LOG_FILE), start)
     log("model: %s" % model)
     from .backend import get_backend, get_num_threads, ops
     log("backend: %s, %d thread(s); %d steps of %d x %d tokens%s" % (
