@@ -42,11 +42,19 @@ def _config_from_metadata(meta, path):
                               % (path, meta.get("format_version"), MODEL_FORMAT_VERSION))
     try:
         return GPTConfig.from_dict(json.loads(meta["config"]))
+    except RecursionError:
+        raise CheckpointError("%s has an invalid model config: JSON nested too deeply"
+                              % path) from None
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError("%s has an invalid model config: %s" % (path, exc)) from None
 
 
 def _model_from_tensors(cfg, tensors, path, prefix=""):
+    # a config may claim any number of layers: check it against the file before listing them
+    needed = 4 + 12 * cfg.n_layer
+    if needed > len(tensors):
+        raise CheckpointError("%s holds %d tensors, fewer than the %d that a %d-layer model needs"
+                              % (path, len(tensors), needed, cfg.n_layer))
     expected = dict(param_shapes(cfg))
     sd = {}
     for name, shape in expected.items():
@@ -120,7 +128,7 @@ def load_gpt2(path, n_head=None):
             try:
                 with open(cj, encoding="utf-8") as f:
                     cfg_json = json.load(f)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
                 raise CheckpointError("%s is not valid JSON: %s" % (cj, exc)) from None
             if not isinstance(cfg_json, dict):
                 raise CheckpointError("%s must hold a JSON object" % cj)
@@ -184,8 +192,10 @@ def load_checkpoint(directory):
     model = _model_from_tensors(_config_from_metadata(meta, path), tensors, path)
     try:
         state = json.loads(meta["state"])
-        t = int(state["optim_t"])
+        t = state["optim_t"]
         m, v = tensors["optim.m"], tensors["optim.v"]
+    except RecursionError:
+        raise CheckpointError("%s: the training state's JSON is nested too deeply" % path) from None
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError("%s is not a training checkpoint (%s missing or invalid); "
                               "a model file can be loaded with pyllm.load" % (path, exc)) from None
@@ -194,6 +204,8 @@ def load_checkpoint(directory):
     if not isinstance(state, dict) or isinstance(state.get("step"), bool) \
             or not isinstance(state.get("step"), int) or state["step"] < 0:
         raise CheckpointError("%s: state has no integer step >= 0" % path)
+    if isinstance(t, bool) or not isinstance(t, int):  # e.g. 2.5, or 1e999 (inf)
+        raise CheckpointError("%s: the optimizer step count is not an integer (%r)" % (path, t))
     if t < 0:
         raise CheckpointError("%s: the optimizer step count is negative (%d)" % (path, t))
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(v)) and np.all(v >= 0)):

@@ -88,9 +88,14 @@ Writes are atomic: the file is written to a temporary file in the same
 directory, flushed and fsync'ed, moved onto the target with
 :func:`os.replace` and the directory is fsync'ed (best effort).  A process
 killed at any moment leaves either the complete old file or the complete
-new one at the target path (plus, at worst, a stray ``.<name>.*.tmp`` file
-next to it).  :func:`atomic_write_bytes` and :func:`atomic_write_text`
-expose the same routine for other files (e.g. JSON configs).
+new one at the target path, plus, at worst, its temporary file
+``.<name>.<host>.<pid>.<random>.tmp`` next to it (``<host>``: 8 hex digits
+identifying the machine, ``<pid>``: the writer's process id).  Such leftovers
+do not pile up: on POSIX systems each successful write removes the ones of
+the same target whose writer, on this machine, is no longer running (a
+live writer's file is never touched).  :func:`atomic_write_bytes` and
+:func:`atomic_write_text` expose the same routine for other files (e.g.
+JSON configs).
 
 Public API: :func:`save_safetensors`, :func:`load_safetensors`,
 :func:`read_safetensors_header`, :func:`atomic_write_bytes`,
@@ -103,8 +108,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
+import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable
 
@@ -288,6 +295,47 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _host_tag() -> str:
+    """8 hex digits naming this machine in temp-file names (no dots, unlike host names)."""
+    return "%08x" % (zlib.crc32(socket.gethostname().encode("utf-8", "replace")) & 0xFFFFFFFF)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts); when in doubt, True. POSIX only."""
+    try:
+        os.kill(pid, 0)  # signal 0: only the existence and permission checks
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_dead_writers_temps(directory: str, basename: str) -> None:
+    """Remove the temp files of ``basename`` left by writers on this host that are gone (a
+    process killed mid-write cannot clean up). Best effort; POSIX only."""
+    if os.name != "posix":
+        return
+    prefix = "." + basename + "." + _host_tag() + "."
+    me = os.getpid()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not (pid.isascii() and pid.isdigit() and len(pid) <= 10):
+            continue
+        if int(pid) == me or _pid_alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file atomically: temp file in the same dir, fsync, replace.
 
@@ -307,7 +355,9 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
         mode = os.stat(target).st_mode & 0o7777
     except OSError:
         mode = _default_file_mode()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(target) + ".", suffix=".tmp")
+    basename = os.path.basename(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp",
+                               prefix=".%s.%s.%d." % (basename, _host_tag(), os.getpid()))
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
@@ -323,6 +373,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
             pass
         raise
     _fsync_dir(directory)
+    _remove_dead_writers_temps(directory, basename)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:

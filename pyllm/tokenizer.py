@@ -325,7 +325,10 @@ class _Reader:
     def uint(self, token: str) -> int:
         if not _UINT.fullmatch(token):
             raise self.error(f"expected a non-negative integer, got {token[:30]!r}")
-        return int(token)
+        try:
+            return int(token)
+        except ValueError:  # more digits than int() converts (Python 3.11+: 4300)
+            raise self.error(f"integer of {len(token)} digits is too long") from None
 
     def ints(self, count: int | None = None, keyword: str | None = None) -> list[int]:
         """Read a line of integers, optionally preceded by ``keyword``."""
@@ -959,7 +962,7 @@ class BPETokenizer:
         eot_id = r.uint(parts[1])
         try:
             special = json.loads(parts[2])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
             special = None
         if not isinstance(special, str) or not special:
             raise r.error(f"special token must be a non-empty JSON string, got {parts[2][:40]!r}")

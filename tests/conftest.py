@@ -2,10 +2,14 @@
 failure instead of a skip (CI sets it)."""
 import os
 
-import numpy as np
-import pytest
+# OpenMP threads that spin while they wait make a 2-core machine crawl when tests run child
+# processes side by side; passive waiting changes no result (set before libgomp is loaded).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pyllm
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import pyllm  # noqa: E402
 from pyllm.backend import backend_module, c_unavailable_reason
 
 REQUIRE_C = os.environ.get("PYLLM_REQUIRE_C") == "1"
@@ -50,3 +54,11 @@ def cmod():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the C compilers that tests/test_c_sources.py compiled the sources with."""
+    used = config.__dict__.get("_pyllm_c_compilers")
+    if used:
+        terminalreporter.write_line("strict C99 compile: " + "; ".join(
+            "%s: %s" % kv for kv in sorted(used.items())))
