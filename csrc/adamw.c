@@ -101,7 +101,7 @@ int adamw_update(float *params, const float *grads, float *m, float *v, int64_t 
     void (*block)(float *, const float *, float *, float *, size_t, const adam_hp *) =
         PICK(adamw_block);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
@@ -120,7 +120,7 @@ int norm_squared(double *out, const float *x, int64_t n) {
     double part[NPART];
     size_t chunk = ((size_t)n + NPART - 1) / NPART;
     double (*sumsq)(const float *, size_t) = PICK(sumsq_block);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(n >= 65536)
     for (int p = 0; p < NPART; p++) {
         size_t i0 = (size_t)p * chunk, i1 = i0 + chunk;
         if (i0 > (size_t)n) i0 = (size_t)n;
@@ -139,7 +139,7 @@ int scale_inplace(float *x, float s, int64_t n) {
     if (n < 0) return PYLLM_ERR_SIZE;
     void (*block)(float *, float, size_t) = PICK(scale_block);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;

@@ -719,7 +719,8 @@ int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,
     int hd = C / NH, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hd);
     att_ops ops = select_ops();
-    PYLLM_PARALLEL_FOR
+    /* threads only when there is enough to share (the keys read): early positions run alone */
+    PYLLM_PARALLEL_FOR_IF((size_t)BH * (pos + 1) * hd >= 32768)
     for (int bh = 0; bh < BH; bh++) {
         int b = bh / NH, h = bh % NH;
         const float *q = qkv + (size_t)b * 3 * C + (size_t)h * hd;

@@ -88,7 +88,7 @@ int encoder_forward(float *out, const int32_t *idx, const float *wte, const floa
     void (*rows)(float *, const int32_t *, const float *, const float *, int, int, int, int, int) =
         PICK(add_rows);
     int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb; /* tasks of rb rows */
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(out, idx, wte, wpe, i0, i1, T, C, pos0);

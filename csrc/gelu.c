@@ -67,7 +67,7 @@ int gelu_forward(float *out, const float *inp, int64_t n) {
     if (n < 0) return PYLLM_ERR_SIZE;
     void (*block)(float *, const float *, size_t) = PICK(gelu_forward);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
@@ -82,7 +82,7 @@ int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
     if (n < 0) return PYLLM_ERR_SIZE;
     void (*block)(float *, const float *, const float *, size_t) = PICK(gelu_backward);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;

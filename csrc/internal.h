@@ -4,14 +4,21 @@
 #include "pyllm.h"
 #include <math.h>
 
+#define PYLLM_PRAGMA(x) _Pragma(#x)
+
 #ifdef _OPENMP
 #include <omp.h>
 /* Split a loop over independent outputs across pyllm's thread count. */
 #define PYLLM_PARALLEL_FOR _Pragma("omp parallel for num_threads(pyllm_nthreads()) schedule(static)")
+/* The same, only when cond holds: a loop of one task (or too little work to pay for waking the
+   other threads, as in the one-token decode step) runs on the calling thread alone. */
+#define PYLLM_PARALLEL_FOR_IF(cond) \
+    PYLLM_PRAGMA(omp parallel for num_threads(pyllm_nthreads()) if(cond) schedule(static))
 #define PYLLM_PARALLEL_FOR_DYNAMIC \
     _Pragma("omp parallel for num_threads(pyllm_nthreads()) schedule(dynamic, 1)")
 #else
 #define PYLLM_PARALLEL_FOR
+#define PYLLM_PARALLEL_FOR_IF(cond)
 #define PYLLM_PARALLEL_FOR_DYNAMIC
 #endif
 

@@ -193,7 +193,7 @@ int layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
     void (*rows)(float *, float *, float *, const float *, const float *, const float *, int, int,
                  int) = PICK(layernorm_rows);
     int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb; /* tasks of rb rows */
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(out, mean, rstd, inp, weight, bias, i0, i1, C);
@@ -211,7 +211,7 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
         void (*rows)(float *, const float *, const float *, const float *, const float *,
                      const float *, int, int, int) = PICK(layernorm_backward_rows);
         int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb;
-        PYLLM_PARALLEL_FOR
+        PYLLM_PARALLEL_FOR_IF(nb > 1)
         for (int b = 0; b < nb; b++) {
             int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
             rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);

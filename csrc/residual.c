@@ -52,7 +52,7 @@ int residual_forward(float *out, const float *inp1, const float *inp2, int64_t n
     if (n < 0) return PYLLM_ERR_SIZE;
     void (*block)(float *, const float *, const float *, size_t) = PICK(residual_forward);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
@@ -68,7 +68,7 @@ int residual_backward(float *dinp1, float *dinp2, const float *dout, int64_t n) 
     if (!dinp1 && !dinp2) return PYLLM_OK;
     void (*block)(float *, float *, const float *, size_t) = PICK(residual_backward);
     int nb = pyllm_nblocks(n);
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;

@@ -209,7 +209,7 @@ int softmax_forward(float *out, const float *inp, int N, int V) {
     if (N < 0 || V < 1) return PYLLM_ERR_SIZE;
     void (*rows)(float *, const float *, int, int, int) = PICK(softmax_rows);
     int rb = vm_rows_per_task(V), nb = (N + rb - 1) / rb;
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(out, inp, i0, i1, V);
@@ -224,7 +224,7 @@ int softmax_backward(float *dinp, const float *dout, const float *out, int N, in
     void (*rows)(float *, const float *, const float *, int, int, int) =
         PICK(softmax_backward_rows);
     int rb = vm_rows_per_task(V), nb = (N + rb - 1) / rb;
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(dinp, dout, out, i0, i1, V);
@@ -245,7 +245,7 @@ int crossentropy_forward(float *losses, const float *logits, const int32_t *targ
     if (!targets_ok(targets, N, V)) return PYLLM_ERR_INDEX;
     void (*rows)(float *, const float *, const int32_t *, int, int, int) = PICK(crossentropy_rows);
     int rb = vm_rows_per_task(V), nb = (N + rb - 1) / rb;
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(losses, logits, targets, i0, i1, V);
@@ -262,7 +262,7 @@ int crossentropy_backward(float *dlogits, const float *logits, const int32_t *ta
     void (*rows)(float *, const float *, const int32_t *, float, int, int, int) =
         PICK(crossentropy_backward_rows);
     int rb = vm_rows_per_task(V), nb = (N + rb - 1) / rb;
-    PYLLM_PARALLEL_FOR
+    PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int b = 0; b < nb; b++) {
         int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
         rows(dlogits, logits, targets, scale, i0, i1, V);
