@@ -1,6 +1,8 @@
 """Kernel benchmark: every kernel at GPT-training shapes, C against NumPy in one process.
 
-    python benchmarks/bench_kernels.py            # full run
+    python benchmarks/bench_kernels.py            # full run, config (b) shapes
+    python benchmarks/bench_kernels.py --scaling  # also every C kernel on 1 thread: the speed-up
+    python benchmarks/bench_kernels.py --gemm     # GEMM GFLOP/s and % of peak at training shapes
     python benchmarks/bench_kernels.py --quick    # a smaller, faster pass (CI)
 
 Prints, per kernel, the median time (and min-max) of each backend and the NumPy/C ratio (the
@@ -92,6 +94,35 @@ def timeit(fn, args, repeat, min_time=0.05):
     return np.median(times), min(times), max(times)
 
 
+def gemm_table(repeat, peak):
+    """GFLOP/s of the three products of a C -> 4C dense layer, C vs NumPy's BLAS, at the
+    training shapes (N rows = B*T in 512..8192, C in 128..768)."""
+    ck = backend_module("c")
+    rng = np.random.default_rng(0)
+    print("%-6s %5s %5s %5s %5s  %16s %16s %6s %7s" % ("prod", "M", "N", "K", "", "c GFLOP/s",
+                                                      "numpy GFLOP/s", "c/np", "% peak"))
+    worst = None
+    for rows in (512, 2048, 8192):
+        for C in (128, 384, 768):
+            x, w, g = f32(rng, rows, C), f32(rng, C, 4 * C), f32(rng, rows, 4 * C)
+            prods = [  # label, M, N, K, a, b, trans_a, trans_b, numpy expression
+                ("fwd", rows, 4 * C, C, x, w, False, False, lambda: x @ w),
+                ("dinp", rows, C, 4 * C, g, w, False, True, lambda: g @ w.T),
+                ("dw", C, 4 * C, rows, x, g, True, False, lambda: x.T @ g)]
+            for label, M, N, K, a, b, ta, tb, npf in prods:
+                c = np.empty((M, N), np.float32)
+                fl = 2.0 * M * N * K
+                tn = timeit(lambda *_: npf(), (), repeat)
+                time.sleep(0.3)
+                tc = timeit(ck.gemm, (c, a, b, ta, tb), repeat)
+                gc, gn = fl / tc[0] / 1e9, fl / tn[0] / 1e9
+                worst = gc / gn if worst is None else min(worst, gc / gn)
+                print("%-6s %5d %5d %5d %5s  %6.1f (%4.0f-%4.0f) %6.1f (%4.0f-%4.0f) %5.2fx %6.0f%%"
+                      % (label, M, N, K, "", gc, fl / tc[2] / 1e9, fl / tc[1] / 1e9, gn,
+                         fl / tn[2] / 1e9, fl / tn[1] / 1e9, gc / gn, 100 * gc / peak))
+    print("lowest C/NumPy ratio: %.2fx; %% peak is of %.0f GFLOP/s (--peak)" % (worst, peak))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (CI)")
@@ -101,11 +132,21 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="C threads (default: all)")
     ap.add_argument("--scaling", action="store_true",
                     help="also time the C kernels on 1 thread and print the 1-to-N speed-up")
+    ap.add_argument("--gemm", action="store_true",
+                    help="instead: GFLOP/s of the dense layer's three products at every "
+                         "training shape (rows 512..8192, C 128..768), C vs NumPy")
+    ap.add_argument("--peak", type=float, default=225.0,
+                    help="the machine's fp32 FMA peak in GFLOP/s for --gemm (default: 225, the "
+                         "project machine's two cores when boosting)")
     args = ap.parse_args(argv)
     if c_unavailable_reason():
         sys.exit("the C backend is unavailable (%s): nothing to compare" % c_unavailable_reason())
     if args.threads:
         pyllm.set_num_threads(args.threads)
+    if args.gemm:
+        print("pyllm %s GEMM benchmark, C threads=%d, GFLOP/s median (min-max) of %d"
+              % (pyllm.__version__, pyllm.get_num_threads(), args.repeat))
+        return gemm_table(args.repeat, args.peak)
     shape = {"a": (16, 128, 128, 256, 4), "b": (8, 256, 384, 256, 6)}[args.config]
     repeat = args.repeat
     if args.quick:
