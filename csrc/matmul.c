@@ -13,7 +13,8 @@
  *           micro-kernel: an MR x NR tile of c += kc rank-1 updates held in registers
  *
  * The threads share the packing of each B block and then take row blocks; when there are too
- * few row blocks (M small), each thread owns a range of columns instead and packs its own panels.
+ * few row blocks (M small), each thread owns a range of columns instead and packs its own B panels
+ * (the A blocks are still packed together).
  * Packing reads both transposes, so one micro-kernel serves every case; partial panels are
  * zero-padded and edge tiles are written through a small buffer. Each output element is summed
  * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
@@ -41,11 +42,13 @@
 #define OMP_PARALLEL_NT _Pragma("omp parallel num_threads(nt) if(nt > 1)")
 #define OMP_PARALLEL_FOR_NT _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
 #define OMP_FOR_DYNAMIC _Pragma("omp for schedule(dynamic, 1)")
+#define OMP_BARRIER _Pragma("omp barrier")
 #define THREAD_ID() omp_get_thread_num()
 #else
 #define OMP_PARALLEL_NT
 #define OMP_PARALLEL_FOR_NT
 #define OMP_FOR_DYNAMIC
+#define OMP_BARRIER
 #define THREAD_ID() 0
 #endif
 
@@ -516,8 +519,9 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     {
         float *apriv = ashared + (size_t)THREAD_ID() * ablock;
         if (split_cols) {
-            /* thread t owns column chunk t of every B block: it packs those B panels and its
-               own copy of A, and computes; no thread waits for another */
+            /* thread t owns column chunk t of every B block: it packs those B panels itself;
+               the threads pack each A block together (between two barriers, so every thread
+               runs every iteration below), then each computes its columns */
 #ifdef _OPENMP
             int tid = omp_get_thread_num(), nth = omp_get_num_threads();
 #else
@@ -529,7 +533,6 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                 int nc = imin(ncb, N - j0), npan = cdiv(nc, NR);
                 int p0 = (int)((long long)npan * tid / nth);
                 int p1 = (int)((long long)npan * (tid + 1) / nth);
-                if (p0 >= p1) continue;
                 int jc0 = p0 * NR, ncc = imin(nc, p1 * NR) - jc0;
                 const float *bj = bias ? bias + j0 + jc0 : NULL;
                 for (int kb = 0; kb < nkb; kb++) {
@@ -539,14 +542,21 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                         for (int p = 0; p < p1 - p0; p++)
                             pack_bt_panel(bp + (size_t)p * NR * kc, b, ldb, j0 + jc0 + p * NR,
                                           imin(NR, ncc - p * NR), k0, kc);
-                    else
+                    else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
                     for (int i0 = 0; i0 < M; i0 += mcb) {
-                        int mc = imin(mcb, M - i0);
-                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
-                        macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc,
-                                     c + (size_t)i0 * ldc + j0 + jc0, ldc, kb == 0 && !accumulate,
-                                     bj);
+                        int mc = imin(mcb, M - i0), npa = cdiv(mc, MR);
+                        int q0 = (int)((long long)npa * tid / nth);
+                        int q1 = (int)((long long)npa * (tid + 1) / nth);
+                        if (q0 < q1)
+                            pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, i0 + q0 * MR,
+                                   imin(mc, q1 * MR) - q0 * MR, k0, kc);
+                        OMP_BARRIER /* the A block is packed */
+                        if (p0 < p1)
+                            macro_kernel(ukernel, mc, kc, ashared, bp, 0, p1 - p0, ncc,
+                                         c + (size_t)i0 * ldc + j0 + jc0, ldc,
+                                         kb == 0 && !accumulate, bj);
+                        OMP_BARRIER /* it may be overwritten */
                     }
                 }
             }
