@@ -14,7 +14,7 @@
  *
  * The threads share the packing of each B block and then take row blocks; when there are too
  * few row blocks (M small), each thread owns a range of columns instead and packs its own B panels
- * (the A blocks are still packed together).
+ * (and a single A block together).
  * Packing reads both transposes, so one micro-kernel serves every case; partial panels are
  * zero-padded and edge tiles are written through a small buffer. Each output element is summed
  * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
@@ -519,9 +519,11 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     {
         float *apriv = ashared + (size_t)THREAD_ID() * ablock;
         if (split_cols) {
-            /* thread t owns column chunk t of every B block: it packs those B panels itself;
-               the threads pack each A block together (between two barriers, so every thread
-               runs every iteration below), then each computes its columns */
+            /* thread t owns column chunk t of every B block: it packs those B panels itself.
+               With several row blocks each thread packs its own copy of each A block, and no
+               thread waits for another; with one (a weight gradient's C rows) the threads pack
+               it together, between two barriers (so every thread runs every iteration below),
+               then each computes its columns */
 #ifdef _OPENMP
             int tid = omp_get_thread_num(), nth = omp_get_num_threads();
 #else
@@ -544,7 +546,17 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                                           imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
-                    for (int i0 = 0; i0 < M; i0 += mcb) {
+                    if (nmb > 1) { /* several row blocks: a copy of each A block per thread */
+                        for (int i0 = 0; p0 < p1 && i0 < M; i0 += mcb) {
+                            int mc = imin(mcb, M - i0);
+                            pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                            macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc,
+                                         c + (size_t)i0 * ldc + j0 + jc0, ldc,
+                                         kb == 0 && !accumulate, bj);
+                        }
+                        continue;
+                    }
+                    for (int i0 = 0; i0 < M; i0 += mcb) { /* one row block: one shared copy */
                         int mc = imin(mcb, M - i0), npa = cdiv(mc, MR);
                         int q0 = (int)((long long)npa * tid / nth);
                         int q1 = (int)((long long)npa * (tid + 1) / nth);
