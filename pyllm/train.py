@@ -358,6 +358,7 @@ def train(cfg, resume=False, log=None, progress=True):
     logf = open(os.path.join(out, LOG_FILE), "a", encoding="utf-8")
     t_start, step = time.time(), start
     recent = []
+    tty = sys.stderr.isatty()
     try:
         with _Interrupt() as intr:
             for step in range(start, cfg.steps):
@@ -365,7 +366,7 @@ def train(cfg, resume=False, log=None, progress=True):
                     checkpoint(step)
                     _write_curve(out)
                     result["interrupted"] = True
-                    if progress:
+                    if progress and tty:
                         sys.stderr.write("\n")
                     log("stopped at step %d; checkpoint saved in %s (continue with --resume)"
                         % (step, out))
@@ -406,16 +407,20 @@ def train(cfg, resume=False, log=None, progress=True):
                     result["val_loss"] = entry["val_loss"]
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
-                if progress:
+                # a progress line redrawn every step on a terminal; into a file or pipe, one
+                # plain line every 5% of the run
+                every = 1 if tty else max(1, cfg.steps // 20)
+                if progress and ((step + 1) % every == 0 or last):
                     eta = (cfg.steps - step - 1) * tokens_per_step / tps
-                    sys.stderr.write("\rstep %d/%d | loss %.4f | lr %.2e | %s tok/s | ETA %s   "
-                                     % (step + 1, cfg.steps, loss, lr, format(int(tps), ","),
-                                        _format_time(eta)))
+                    sys.stderr.write("%sstep %d/%d | loss %.4f | lr %.2e | %s tok/s | ETA %s%s"
+                                     % ("\r" if tty else "", step + 1, cfg.steps, loss, lr,
+                                        format(int(tps), ","), _format_time(eta),
+                                        "   " if tty else "\n"))
                     sys.stderr.flush()
                 if "val_loss" in entry:
                     checkpoint(step + 1)
                     _write_curve(out)
-                    if progress:
+                    if progress and tty:
                         sys.stderr.write("\n")
                     log("step %d: train loss %.4f, val loss %.4f (checkpoint saved)"
                         % (step + 1, loss, entry["val_loss"]))

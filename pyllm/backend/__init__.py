@@ -21,6 +21,11 @@ try:
     from . import c as _c_backend
 except ImportError as exc:  # extension not built, or built for another Python
     _c_error = "%s: %s" % (type(exc).__name__, exc)
+    _pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not any(f.startswith("_ckernels") for f in os.listdir(_pkg)):
+        _c_error += (" (no compiled _ckernels module in %s: a source checkout run in place? "
+                     "build it with `pip install -e .`, or run from another directory to use "
+                     "the installed pyllm)" % _pkg)
 
 
 class BackendUnavailable(RuntimeError):
