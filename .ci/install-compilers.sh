@@ -6,11 +6,11 @@
 #
 # When clang is missing and we are root on a system with apt-get, it runs
 # `apt-get install -y --no-install-recommends clang` (after `apt-get update` if the first try
-# fails), each under a time limit (INSTALL_TIMEOUT seconds, default 240). It never fails the CI:
+# fails), each under a time limit (INSTALL_TIMEOUT seconds, default 90). It never fails the CI:
 # no network, no root, no apt-get or a timeout only print a note, and the clang tests then skip.
 # PYLLM_SKIP_COMPILER_INSTALL=1 turns it off. It always exits 0 and ends by listing the compilers.
 set -u
-LIMIT=${INSTALL_TIMEOUT:-240}
+LIMIT=${INSTALL_TIMEOUT:-90}  # three steps at most: CI stays well under 10 minutes
 
 note() { echo "install-compilers: $*"; }
 
