@@ -546,29 +546,26 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                                           imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
-                    if (nmb > 1) { /* several row blocks: a copy of each A block per thread */
+                    int first = kb == 0 && !accumulate;
+                    if (nmb == 1) { /* one row block: the threads pack it together */
+                        int npa = cdiv(M, MR);
+                        int q0 = (int)((long long)npa * tid / nth);
+                        int q1 = (int)((long long)npa * (tid + 1) / nth);
+                        if (q0 < q1)
+                            pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
+                                   imin(M, q1 * MR) - q0 * MR, k0, kc);
+                        OMP_BARRIER /* the A block is packed */
+                        if (p0 < p1)
+                            macro_kernel(ukernel, M, kc, ashared, bp, 0, p1 - p0, ncc,
+                                         c + j0 + jc0, ldc, first, bj);
+                        OMP_BARRIER /* it may be overwritten */
+                    } else {    /* several: each thread packs its own copy of each */
                         for (int i0 = 0; p0 < p1 && i0 < M; i0 += mcb) {
                             int mc = imin(mcb, M - i0);
                             pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
                             macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc,
-                                         c + (size_t)i0 * ldc + j0 + jc0, ldc,
-                                         kb == 0 && !accumulate, bj);
+                                         c + (size_t)i0 * ldc + j0 + jc0, ldc, first, bj);
                         }
-                        continue;
-                    }
-                    for (int i0 = 0; i0 < M; i0 += mcb) { /* one row block: one shared copy */
-                        int mc = imin(mcb, M - i0), npa = cdiv(mc, MR);
-                        int q0 = (int)((long long)npa * tid / nth);
-                        int q1 = (int)((long long)npa * (tid + 1) / nth);
-                        if (q0 < q1)
-                            pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, i0 + q0 * MR,
-                                   imin(mc, q1 * MR) - q0 * MR, k0, kc);
-                        OMP_BARRIER /* the A block is packed */
-                        if (p0 < p1)
-                            macro_kernel(ukernel, mc, kc, ashared, bp, 0, p1 - p0, ncc,
-                                         c + (size_t)i0 * ldc + j0 + jc0, ldc,
-                                         kb == 0 && !accumulate, bj);
-                        OMP_BARRIER /* it may be overwritten */
                     }
                 }
             }

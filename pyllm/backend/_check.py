@@ -332,9 +332,7 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
                          % (B, NH, C // NH, kcache.shape))
     farr("vcache", vcache, dt, shape=kcache.shape, out=True, like=qkv)
     maxT = kcache.shape[2]
-    pos = integer("pos", pos)
-    if pos < 0 or pos >= maxT:
-        raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
+    pos = _position(pos, maxT)
     farr("out", out, dt, shape=(B, C), out=True, like=qkv)
     no_alias("out", out, qkv=qkv, kcache=kcache, vcache=vcache)
     no_alias("kcache", kcache, qkv=qkv, vcache=vcache)
@@ -342,17 +340,28 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
     return size("B", B), pos, size("maxT", maxT), size("C", C, 1), NH
 
 
-DECODER_LAYER = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                 "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                 "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+# one layer's weights as a Decoder takes them (GPT-2 order), with their shapes in units of C
+DECODER_LAYER = (("ln_1.weight", (1,)), ("ln_1.bias", (1,)), ("attn.c_attn.weight", (1, 3)),
+                 ("attn.c_attn.bias", (3,)), ("attn.c_proj.weight", (1, 1)),
+                 ("attn.c_proj.bias", (1,)), ("ln_2.weight", (1,)), ("ln_2.bias", (1,)),
+                 ("mlp.c_fc.weight", (1, 4)), ("mlp.c_fc.bias", (4,)),
+                 ("mlp.c_proj.weight", (4, 1)), ("mlp.c_proj.bias", (1,)))
 
 
 def decoder_weight_names(n_layer):
     """The order of the ``weights`` list a Decoder takes (GPT-2 state-dict names)."""
     names = ["wte.weight", "wpe.weight"]
     for i in range(n_layer):
-        names += ["h.%d.%s" % (i, n) for n in DECODER_LAYER]
+        names += ["h.%d.%s" % (i, n) for n, _ in DECODER_LAYER]
     return names + ["ln_f.weight", "ln_f.bias"]
+
+
+def _position(pos, maxT):
+    """A position in a KV cache of maxT positions, as a Python int."""
+    pos = integer("pos", pos)
+    if pos < 0 or pos >= maxT:
+        raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
+    return pos
 
 
 def decoder(weights, cache, n_head, dt):
@@ -371,8 +380,7 @@ def decoder(weights, cache, n_head, dt):
     if weights[1].ndim != 2 or weights[1].shape[1] != C:
         raise ValueError("wpe.weight must be (block_size, %d), got %s" % (C, weights[1].shape))
     maxT = weights[1].shape[0]
-    layer = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, 4 * C), (4 * C,),
-             (4 * C, C), (C,)]
+    layer = [tuple(k * C for k in units) for _, units in DECODER_LAYER]
     shapes = layer * L + [(C,), (C,)]
     for name, w, shape in zip(names[2:], weights[2:], shapes):
         farr(name, w, dt, shape=shape, like=wte)
@@ -388,13 +396,7 @@ def decoder(weights, cache, n_head, dt):
 
 def decode_step(tok, pos, B, V, maxT):
     """One Decoder step: tok (B,) ids < V, 0 <= pos < maxT. Returns tok as int32 and pos."""
-    tok = ids("tok", tok, V, shape=(B,))
-    if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)):
-        raise TypeError("pos must be an int, got %s" % type(pos).__name__)
-    pos = int(pos)
-    if pos < 0 or pos >= maxT:
-        raise ValueError("pos = %d is outside the cache's %d positions" % (pos, maxT))
-    return tok, pos
+    return ids("tok", tok, V, shape=(B,)), _position(pos, maxT)
 
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, dt):
