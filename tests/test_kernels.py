@@ -427,7 +427,8 @@ def test_decode_matches_full_attention(kmod, rng):
 THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (700, 96, 130)),
                 (case_gemm, (97, 250, 300, True, False, True)),
                 (case_matmul_forward, (1, 384, 1152)), (case_gemm, (2, 256, 384, False, True, False)),
-                (case_gemm, (400, 256, 300, False, True, True)),  # column split, 3 row blocks
+                (case_gemm, (400, 256, 300, False, True, True)),  # row split, 3 row blocks
+                (case_gemm, (100, 256, 900, True, False, True)),  # column split, 3 K slices
                 (case_encoder_backward, (4, 64, 96, 7)), (case_layernorm_forward, (333, 97)),
                 (case_layernorm_backward, (333, 97)), (case_gelu_forward, (100003,)),
                 (case_gelu_backward, (100003,)), (case_softmax_forward, (64, 999)),
