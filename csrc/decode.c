@@ -30,22 +30,22 @@ int gpt_decode_step(float *logits, float *cache, float *scratch, const int32_t *
     const float *wte = weights[0], *wpe = weights[1];
     const float *lnf_w = weights[2 + 12 * L], *lnf_b = weights[3 + 12 * L];
     size_t BC = (size_t)B * C, layer_cache = (size_t)2 * B * maxT * C;  /* (2,B,NH,maxT,hd) */
-    float *x = scratch, *h = x + BC, *qkv = h + BC, *att = qkv + 3 * BC, *y = att + BC;
-    float *fc = y + BC, *fcg = fc + 4 * BC;
+    /* x2 is the residual stream between the two halves of a layer (the fused residual add
+       needs an output apart from its input) */
+    float *x = scratch, *x2 = x + BC, *h = x2 + BC, *qkv = h + BC, *att = qkv + 3 * BC;
+    float *fc = att + BC, *fcg = fc + 4 * BC;
     int st = encoder_forward(x, tok, wte, wpe, B, 1, C, V, maxT, pos);
     for (int l = 0; st == PYLLM_OK && l < L; l++) {
         const float *const *w = weights + 2 + 12 * l;
         float *kc = cache + (size_t)l * layer_cache, *vc = kc + layer_cache / 2;
         if ((st = layernorm_forward(h, NULL, NULL, x, w[0], w[1], B, C)) ||
-            (st = matmul_forward(qkv, h, w[2], w[3], B, C, 3 * C)) ||
+            (st = matmul_forward(qkv, h, w[2], w[3], NULL, B, C, 3 * C)) ||
             (st = attention_decode(att, kc, vc, qkv, B, pos, maxT, C, NH)) ||
-            (st = matmul_forward(y, att, w[4], w[5], B, C, C)) ||
-            (st = residual_forward(x, x, y, (int64_t)BC)) ||
-            (st = layernorm_forward(h, NULL, NULL, x, w[6], w[7], B, C)) ||
-            (st = matmul_forward(fc, h, w[8], w[9], B, C, 4 * C)) ||
+            (st = matmul_forward(x2, att, w[4], w[5], x, B, C, C)) ||
+            (st = layernorm_forward(h, NULL, NULL, x2, w[6], w[7], B, C)) ||
+            (st = matmul_forward(fc, h, w[8], w[9], NULL, B, C, 4 * C)) ||
             (st = gelu_forward(fcg, fc, 4 * (int64_t)BC)) ||
-            (st = matmul_forward(y, fcg, w[10], w[11], B, 4 * C, C)) ||
-            (st = residual_forward(x, x, y, (int64_t)BC)))
+            (st = matmul_forward(x, fcg, w[10], w[11], x2, B, 4 * C, C)))
             break;
     }
     if (st == PYLLM_OK) st = layernorm_forward(h, NULL, NULL, x, lnf_w, lnf_b, B, C);

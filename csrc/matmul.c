@@ -1,6 +1,6 @@
 /* matmul.c -- the dense layer (GPT-2's Conv1D: weight stored (in, out)) and a general GEMM.
  *
- * forward:  out = inp @ weight + bias
+ * forward:  out = inp @ weight + bias (+ residual: the residual add of a GPT block, fused)
  * backward: dinp += dout @ weight^T;  dweight += inp^T @ dout;  dbias += sum_N dout
  * All three products go through one packed GEMM with the BLIS / GotoBLAS loop structure:
  *
@@ -22,6 +22,8 @@
  * The 6x16 micro-kernel is written with GCC/Clang vector extensions for AVX2+FMA and chosen at run
  * time; other machines and compilers run a plain C micro-kernel on the same packed layout.
  * A product with at most SMALL_M rows (decoding) skips the packing and streams b once.
+ * The fused residual is added to each block of c right after its last K slice, while the block is
+ * still in cache: c = (sum + bias) + residual, the same bits as a separate residual_forward.
  */
 #include "internal.h"
 #include <stdlib.h>
@@ -451,6 +453,15 @@ static void packbuf_put(packbuf *pb) {
  * The driver.
  * ------------------------------------------------------------------------------------------- */
 
+/* c += r over an m x n block; both have row stride ld (the fused residual) */
+static void add_block(float *c, const float *r, size_t ld, int m, int n) {
+    for (int i = 0; i < m; i++) {
+        float *ci = c + (size_t)i * ld;
+        const float *ri = r + (size_t)i * ld;
+        for (int j = 0; j < n; j++) ci[j] += ri[j];
+    }
+}
+
 /* c (mc, columns of panels p0..p1-1) [+]= the packed A block (mc x kc) @ those B panels; ncols is
    the number of columns of c left from the start of the block (for the last, partial panel) */
 static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, const float *bpack,
@@ -465,15 +476,17 @@ static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, co
     }
 }
 
-/* c (M,N) = op(a) @ op(b) (+ c when accumulate; + bias (N) when bias, which needs !accumulate) */
+/* c (M,N) = op(a) @ op(b) (+ c when accumulate; + bias (N) when bias, which needs !accumulate)
+   (+ resid (M,N), row stride ldc, not overlapping c) */
 static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int trans_a,
                         const float *b, size_t ldb, int trans_b, float *c, size_t ldc,
-                        int accumulate, const float *bias) {
+                        int accumulate, const float *bias, const float *resid) {
     if (M <= 0 || N <= 0) return PYLLM_OK;
     if (K <= 0) {
         if (!accumulate)
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) c[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
+        if (resid) add_block(c, resid, ldc, M, N);
         return PYLLM_OK;
     }
     /* Block sizes: even splits of K, M and N rounded to the micro-tile. They depend on the shape
@@ -495,9 +508,11 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         if (width > SCOLS) width = cdiv(cdiv(N, nchunks), NR) * NR;
         nchunks = cdiv(N, width);
         OMP_PARALLEL_FOR_NT
-        for (int t = 0; t < nchunks; t++)
-            smallm(M, t * width, imin(width, N - t * width), K, kcb, a, lda, trans_a, b, ldb,
-                   trans_b, c, ldc, accumulate, bias);
+        for (int t = 0; t < nchunks; t++) {
+            int j0 = t * width, nj = imin(width, N - j0);
+            smallm(M, j0, nj, K, kcb, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, bias);
+            if (resid) add_block(c + j0, resid + j0, ldc, M, nj);
+        }
         return PYLLM_OK;
     }
     /* One row block: split the columns instead. Else the threads share each packed B block and
@@ -553,9 +568,12 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                         pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
                                imin(M, q1 * MR) - q0 * MR, k0, kc);
                     OMP_BARRIER /* the A block is packed */
-                    if (p0 < p1)
+                    if (p0 < p1) {
                         macro_kernel(ukernel, M, kc, ashared, bp, 0, p1 - p0, ncc, c + j0 + jc0,
                                      ldc, kb == 0 && !accumulate, bj);
+                        if (resid && kb == nkb - 1)
+                            add_block(c + j0 + jc0, resid + j0 + jc0, ldc, M, ncc);
+                    }
                     OMP_BARRIER /* it may be overwritten */
                 }
             }
@@ -584,6 +602,9 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                         pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
                         macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc,
                                      c + (size_t)i0 * ldc + j0, ldc, first, bj);
+                        if (resid && kb == nkb - 1)
+                            add_block(c + (size_t)i0 * ldc + j0, resid + (size_t)i0 * ldc + j0, ldc,
+                                      mc, nc);
                     }
                     /* implicit barrier: the packed B block may be overwritten */
                 }
@@ -598,7 +619,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
 int pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a, const float *b,
                 int ldb, int trans_b, float *c, int ldc, int accumulate) {
     return sgemm_packed(M, N, K, a, (size_t)lda, trans_a, b, (size_t)ldb, trans_b, c,
-                        (size_t)ldc, accumulate, NULL);
+                        (size_t)ldc, accumulate, NULL, NULL);
 }
 
 int gemm(float *c, const float *a, const float *b, int M, int N, int K,
@@ -609,14 +630,14 @@ int gemm(float *c, const float *a, const float *b, int M, int N, int K,
                        accumulate);
 }
 
-/* out (N,OC); inp (N,C); weight (C,OC); bias (OC) or NULL */
+/* out (N,OC); inp (N,C); weight (C,OC); bias (OC) or NULL; residual (N,OC) or NULL */
 int matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                   int N, int C, int OC) {
+                   const float *residual, int N, int C, int OC) {
     if (!out || !inp || !weight) return PYLLM_ERR_NULL;
     if (N < 0 || C < 0 || OC < 0) return PYLLM_ERR_SIZE;
     /* the bias is added when each tile is first stored: bias + sum, as if preloaded */
     return sgemm_packed(N, OC, C, inp, (size_t)C, 0, weight, (size_t)OC, 0, out, (size_t)OC, 0,
-                        bias);
+                        bias, residual);
 }
 
 /* dinp, inp (N,C); dweight, weight (C,OC); dbias (OC); dout (N,OC) */

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 1
+#define PYLLM_ABI_VERSION 2
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -53,9 +53,10 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *inp, const float *weight, const float *mean,
                        const float *rstd, int N, int C);
 
-/* matmul.c: out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC); bias may be NULL */
+/* matmul.c: out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC) + residual (N,OC); bias and
+   residual may be NULL; residual must not overlap out (fused residual add of a GPT block) */
 int matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                   int N, int C, int OC);
+                   const float *residual, int N, int C, int OC);
 /* dinp (N,C) += dout @ weight^T; dweight (C,OC) += inp^T @ dout; dbias (OC) += sum_N dout */
 int matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                     const float *inp, const float *weight, int N, int C, int OC);

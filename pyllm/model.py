@@ -194,9 +194,9 @@ class GPT:
         a = {"shape": (B, T), "encoded": e(B, T, C),
              "layers": [dict(ln_1=e(B, T, C), ln_1_mean=e(B, T), ln_1_rstd=e(B, T),
                              qkv=e(B, T, 3 * C), atty=e(B, T, C), lse=e(B, NH, T),
-                             attproj=e(B, T, C), res_2=e(B, T, C),
+                             res_2=e(B, T, C),
                              ln_2=e(B, T, C), ln_2_mean=e(B, T), ln_2_rstd=e(B, T),
-                             fch=e(B, T, 4 * C), fcproj=e(B, T, C),
+                             fch=e(B, T, 4 * C),
                              res_3=e(B, T, C)) for _ in range(L)],
              # gelu(fch) is used at once by the next matmul and recomputed in backward, so one
              # buffer serves every layer (saves 4C floats per token per layer)
@@ -251,17 +251,15 @@ class GPT:
             ops.matmul_forward(l["qkv"], l["ln_1"], P[p + "attn.c_attn.weight"],
                                P[p + "attn.c_attn.bias"])             # (B,T,3C)
             ops.attention_forward(l["atty"], l["lse"], l["qkv"], NH)  # (B,T,C)
-            ops.matmul_forward(l["attproj"], l["atty"], P[p + "attn.c_proj.weight"],
-                               P[p + "attn.c_proj.bias"])
-            ops.residual_forward(l["res_2"], x, l["attproj"])
+            ops.matmul_forward(l["res_2"], l["atty"], P[p + "attn.c_proj.weight"],
+                               P[p + "attn.c_proj.bias"], residual=x)   # x + proj, fused
             ops.layernorm_forward(l["ln_2"], l["ln_2_mean"], l["ln_2_rstd"], l["res_2"],
                                   P[p + "ln_2.weight"], P[p + "ln_2.bias"])
             ops.matmul_forward(l["fch"], l["ln_2"], P[p + "mlp.c_fc.weight"],
                                P[p + "mlp.c_fc.bias"])                # (B,T,4C)
             ops.gelu_forward(a["fch_gelu"], l["fch"])
-            ops.matmul_forward(l["fcproj"], a["fch_gelu"], P[p + "mlp.c_proj.weight"],
-                               P[p + "mlp.c_proj.bias"])
-            ops.residual_forward(l["res_3"], l["res_2"], l["fcproj"])
+            ops.matmul_forward(l["res_3"], a["fch_gelu"], P[p + "mlp.c_proj.weight"],
+                               P[p + "mlp.c_proj.bias"], residual=l["res_2"])
             x = l["res_3"]
         ops.layernorm_forward(a["ln_f"], a["ln_f_mean"], a["ln_f_rstd"], x,
                               P["ln_f.weight"], P["ln_f.bias"])

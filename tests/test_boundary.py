@@ -116,6 +116,9 @@ def test_overlapping_output_rejected(kmod):
     x = f32(4, 4)
     with pytest.raises(ValueError, match="overlap"):
         kmod.matmul_forward(x, x, f32(4, 4))
+    out = f32(4, 4)  # in place (out = out + x @ w) would add into a sum still being accumulated
+    with pytest.raises(ValueError, match="out must not overlap residual"):
+        kmod.matmul_forward(out, x, f32(4, 4), residual=out)
     buf = f32(48)
     qkv, out = buf[:36].reshape(1, 3, 12), buf[30:42].reshape(1, 3, 4)
     with pytest.raises(ValueError, match="overlap"):

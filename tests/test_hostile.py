@@ -322,6 +322,16 @@ def matmul_weight_3d(be):
     _k(be).matmul_forward(e32(4, 6), f32(4, 3), f32(1, 3, 6))
 
 
+@child_case(K, ValueError, "residual must have shape (4, 6)")
+def matmul_residual_wrong_shape(be):
+    _k(be).matmul_forward(e32(4, 6), f32(4, 3), f32(3, 6), None, f32(6, 4))
+
+
+@child_case(K, TypeError, "residual")
+def matmul_residual_float64(be):
+    _k(be).matmul_forward(e32(4, 6), f32(4, 3), f32(3, 6), None, np.zeros((4, 6)))
+
+
 @child_case(K, ValueError, "idx must have shape (B, T)")
 def encoder_ids_1d(be):
     _k(be).encoder_forward(e32(1, 3, 4), np.zeros(3, np.int64), f32(5, 4), f32(8, 4))

@@ -48,9 +48,10 @@ def case_layernorm_backward(rng, N, C):
                                    mean, rstd], [0, 1, 2], 5e-5)
 
 
-def case_matmul_forward(rng, N, C, OC, bias=True):
+def case_matmul_forward(rng, N, C, OC, bias=True, residual=False):
     return ("matmul_forward", [nan(N, OC), f32(rng, N, C), f32(rng, C, OC),
-                               f32(rng, OC) if bias else None], [0], 1e-5)
+                               f32(rng, OC) if bias else None,
+                               f32(rng, N, OC) if residual else None], [0], 1e-5)
 
 
 def case_matmul_backward(rng, N, C, OC):
@@ -137,6 +138,10 @@ CASES = [
     *[(case_layernorm_backward, s) for s in [(1, 1), (1, 7), (13, 31), (17, 97), (512, 768)]],
     *[(case_matmul_forward, s) for s in [(1, 1, 1), (1, 5, 3), (7, 13, 17), (33, 64, 97),
                                          (6, 16, 16), (2, 3, 5, False), (300, 384, 1536)]],
+    # with the fused residual: decode rows, one row block, several K slices, no bias
+    *[(case_matmul_forward, s) for s in [(1, 5, 3, True, True), (3, 384, 1152, True, True),
+                                         (7, 13, 17, False, True), (100, 900, 256, True, True),
+                                         (200, 1000, 64, True, True)]],
     *[(case_matmul_backward, s) for s in [(1, 1, 1), (7, 13, 17), (33, 64, 97), (257, 129, 65),
                                           (300, 384, 1536)]],
     *[(case_gemm, (M, N, K, ta, tb, acc)) for (M, N, K) in [(1, 1, 1), (5, 7, 3), (37, 19, 129)]
@@ -429,6 +434,9 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_matmul_forward, (1, 384, 1152)), (case_gemm, (2, 256, 384, False, True, False)),
                 (case_gemm, (400, 256, 300, False, True, True)),  # row split, 3 row blocks
                 (case_gemm, (100, 256, 900, True, False, True)),  # column split, 3 K slices
+                (case_matmul_forward, (100, 900, 256, True, True)),  # + residual, column split
+                (case_matmul_forward, (200, 1000, 64, True, True)),  # + residual, row split
+                (case_matmul_forward, (2, 900, 300, True, True)),    # + residual, few rows
                 (case_encoder_backward, (4, 64, 96, 7)), (case_layernorm_forward, (333, 97)),
                 (case_layernorm_backward, (333, 97)), (case_gelu_forward, (100003,)),
                 (case_gelu_backward, (100003,)), (case_softmax_forward, (64, 999)),
@@ -467,6 +475,27 @@ def test_few_rows_same_bits_as_in_a_big_product(cmod, rng, M, N, K, trans_b):
     few = np.zeros((M, N), np.float32)
     cmod.gemm(few, np.ascontiguousarray(a[10:10 + M]), b, trans_b=trans_b)
     assert np.array_equal(few, big[10:10 + M])
+
+
+@pytest.mark.parametrize("N,C,OC", [(1, 384, 384), (3, 1536, 384), (100, 900, 256),
+                                     (200, 1000, 64), (2048, 512, 128), (50, 7, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_residual_same_bits_as_separate_add(cmod, rng, N, C, OC, threads):
+    """matmul_forward's residual is the residual_forward of a GPT block fused into the product:
+    it must give exactly the bits of the product followed by a separate add, in every path of
+    the GEMM (few rows, one row block, several row blocks, several K slices)."""
+    inp, w, bias, res = f32(rng, N, C), f32(rng, C, OC, scale=0.05), f32(rng, OC), f32(rng, N, OC)
+    prev = pyllm.get_num_threads()
+    try:
+        pyllm.set_num_threads(threads)
+        fused, plain, want = nan(N, OC), nan(N, OC), nan(N, OC)
+        cmod.matmul_forward(fused, inp, w, bias, residual=res)
+        cmod.matmul_forward(plain, inp, w, bias)
+        cmod.residual_forward(want, res, plain)
+    finally:
+        pyllm.set_num_threads(prev)
+    assert np.array_equal(fused, want)
+    assert not np.array_equal(fused, plain)      # the residual was really added
 
 
 def test_norm_squared_same_bits_any_thread_count(cmod, rng):

@@ -170,7 +170,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dt):
     return N, C
 
 
-def matmul_forward(out, inp, weight, bias, dt):
+def matmul_forward(out, inp, weight, bias, dt, residual=None):
     farr("inp", inp, dt)
     farr("weight", weight, dt, like=inp)
     if weight.ndim != 2:
@@ -182,7 +182,8 @@ def matmul_forward(out, inp, weight, bias, dt):
     OC = size("OC", weight.shape[1])
     farr("bias", bias, dt, shape=(OC,), like=inp, optional=True)
     farr("out", out, dt, shape=inp.shape[:-1] + (OC,), out=True, like=inp)
-    no_alias("out", out, inp=inp, weight=weight, bias=bias)
+    farr("residual", residual, dt, shape=out.shape, like=inp, optional=True)
+    no_alias("out", out, inp=inp, weight=weight, bias=bias, residual=residual)
     return N, C, OC
 
 

@@ -63,9 +63,10 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 
 # ---- matmul ----------------------------------------------------------------------------------
 
-def matmul_forward(out, inp, weight, bias=None):
-    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT)
-    _ok("matmul_forward", lib.matmul_forward(_f(out), _f(inp), _f(weight), _f(bias), N, C, OC))
+def matmul_forward(out, inp, weight, bias=None, residual=None):
+    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT, residual)
+    _ok("matmul_forward", lib.matmul_forward(_f(out), _f(inp), _f(weight), _f(bias),
+                                             _f(residual), N, C, OC))
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight):

@@ -69,12 +69,17 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 
 # ---- matmul ----------------------------------------------------------------------------------
 
-def matmul_forward(out, inp, weight, bias=None):
-    """out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC)."""
-    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT)
+def matmul_forward(out, inp, weight, bias=None, residual=None):
+    """out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC) + residual (N,OC).
+
+    ``residual`` fuses a GPT block's residual add: out = residual + (inp @ weight + bias).
+    """
+    N, C, OC = chk.matmul_forward(out, inp, weight, bias, DT, residual)
     y = inp.reshape(N, C) @ weight
     if bias is not None:
         y += bias
+    if residual is not None:
+        y += residual.reshape(N, OC)
     out.reshape(N, OC)[...] = y
 
 
@@ -249,12 +254,12 @@ class Decoder:
         self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
         self.weights, self.cache = list(weights), cache
         e = lambda *s: np.zeros(s, dtype=cache.dtype)  # noqa: E731
-        self.x, self.h, self.y, self.att = e(B, 1, C), e(B, C), e(B, C), e(B, C)
+        self.x, self.x2, self.h, self.att = e(B, 1, C), e(B, C), e(B, C), e(B, C)
         self.qkv, self.fc, self.fcg, self.logits = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C), e(B, V)
 
     def step(self, tok, pos):
         tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
-        W, C, h, y = self.weights, self.C, self.h, self.y
+        W, C, h, x2 = self.weights, self.C, self.h, self.x2
         encoder_forward(self.x, tok[:, None], W[0], W[1], pos)
         x = self.x.reshape(-1, C)                                        # (B,C)
         for i in range(self.L):
@@ -262,13 +267,11 @@ class Decoder:
             layernorm_forward(h, None, None, x, w[0], w[1])
             matmul_forward(self.qkv, h, w[2], w[3])                      # (B,3C)
             attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos, self.NH)
-            matmul_forward(y, self.att, w[4], w[5])
-            residual_forward(x, x, y)
-            layernorm_forward(h, None, None, x, w[6], w[7])
+            matmul_forward(x2, self.att, w[4], w[5], residual=x)        # x2 = x + proj
+            layernorm_forward(h, None, None, x2, w[6], w[7])
             matmul_forward(self.fc, h, w[8], w[9])                       # (B,4C)
             gelu_forward(self.fcg, self.fc)
-            matmul_forward(y, self.fcg, w[10], w[11])
-            residual_forward(x, x, y)
+            matmul_forward(x, self.fcg, w[10], w[11], residual=x2)      # x = x2 + proj
         layernorm_forward(h, None, None, x, W[-2], W[-1])
         gemm(self.logits, h, W[0], trans_b=True)                         # (B,V) = h @ wte^T
         return self.logits
