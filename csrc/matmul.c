@@ -12,9 +12,9 @@
  *         for each B micro-panel (L1), each A micro-panel:
  *           micro-kernel: an MR x NR tile of c += kc rank-1 updates held in registers
  *
- * The threads share the packing of each B block and then take row blocks; when all of M fits one
- * row block (a weight gradient's C rows), each thread owns a range of columns instead and packs
- * its own B panels, and the threads pack the single A block together.
+ * The threads share the packing of each B block and then take row blocks; when there are too
+ * few row blocks (M small) and enough columns, each thread owns a range of columns instead and
+ * packs its own B panels (and a single A block together).
  * Packing reads both transposes, so one micro-kernel serves every case; partial panels are
  * zero-padded and edge tiles are written through a small buffer. Each output element is summed
  * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
@@ -515,17 +515,21 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         }
         return PYLLM_OK;
     }
-    /* One row block: split the columns instead. Else the threads share each packed B block and
-       take row blocks (smaller ones when there are few). Splitting the columns of several row
-       blocks would make every thread pack all of A: for a 512 x 128 weight gradient over 2048
-       rows that ran at 60% of the speed of the row split. */
-    int split_cols = nt > 1 && nmb == 1 && cdiv(ncb, NR) >= 4 * nt;
+    /* Too few row blocks to keep the threads busy: split the columns instead, if there are
+       enough. With one row block the threads pack it together; with several each thread packs
+       all of A for itself, which pays off only over many columns (>= 32 panels a thread: at
+       1536 columns it beats the row split by ~10%, while a 512 x 128 weight gradient over 2048
+       rows ran at 60% of the row split's speed). Else the threads share each packed B block and
+       take row blocks (smaller ones when there are few). */
+    int npanels = cdiv(ncb, NR);
+    int split_cols = nt > 1 && npanels >= 4 * nt
+                     && (nmb == 1 || (nmb < 4 * nt && npanels >= 32 * nt));
     if (nt > 1 && !split_cols && nmb < 4 * nt) {
         nmb = imin(cdiv(M, MR), 4 * nt);
         mcb = cdiv(cdiv(M, nmb), MR) * MR;
         nmb = cdiv(M, mcb);
     }
-    size_t bsize = (size_t)(cdiv(ncb, NR) + nt) * NR * kcb; /* + room to split it by thread */
+    size_t bsize = (size_t)(npanels + nt) * NR * kcb; /* + room to split it by thread */
     size_t ablock = ((size_t)kcb * mcb + 15) & ~(size_t)15; /* keep blocks 64-byte aligned */
     packbuf *buf = packbuf_get(bsize + (size_t)nt * ablock);
     if (!buf) return PYLLM_ERR_NOMEM;
@@ -537,15 +541,16 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         float *apriv = ashared + (size_t)THREAD_ID() * ablock;
         if (split_cols) {
             /* thread t owns column chunk t of every B block: it packs those B panels itself.
-               The threads pack the one A block together, between two barriers (so every thread
-               runs every iteration below), then each computes its columns */
+               One row block is packed by the threads together, between two barriers (so every
+               thread runs every iteration below); several are packed by each thread into its
+               own buffer, and no thread waits for another */
 #ifdef _OPENMP
             int tid = omp_get_thread_num(), nth = omp_get_num_threads();
 #else
             int tid = 0, nth = 1;
 #endif
             /* a region of the B buffer per thread, the same for every block */
-            size_t bregion = (size_t)cdiv(cdiv(ncb, NR), nth) * NR * kcb;
+            size_t bregion = (size_t)cdiv(npanels, nth) * NR * kcb;
             int npa = cdiv(M, MR);
             int q0 = (int)((long long)npa * tid / nth);
             int q1 = (int)((long long)npa * (tid + 1) / nth);
@@ -564,17 +569,30 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                                           imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
-                    if (q0 < q1)
-                        pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
-                               imin(M, q1 * MR) - q0 * MR, k0, kc);
-                    OMP_BARRIER /* the A block is packed */
-                    if (p0 < p1) {
-                        macro_kernel(ukernel, M, kc, ashared, bp, 0, p1 - p0, ncc, c + j0 + jc0,
-                                     ldc, kb == 0 && !accumulate, bj);
-                        if (resid && kb == nkb - 1)
-                            add_block(c + j0 + jc0, resid + j0 + jc0, ldc, M, ncc);
+                    int first = kb == 0 && !accumulate, last = kb == nkb - 1;
+                    if (nmb == 1) {
+                        if (q0 < q1)
+                            pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
+                                   imin(M, q1 * MR) - q0 * MR, k0, kc);
+                        OMP_BARRIER /* the A block is packed */
+                        if (p0 < p1) {
+                            macro_kernel(ukernel, M, kc, ashared, bp, 0, p1 - p0, ncc,
+                                         c + j0 + jc0, ldc, first, bj);
+                            if (resid && last)
+                                add_block(c + j0 + jc0, resid + j0 + jc0, ldc, M, ncc);
+                        }
+                        OMP_BARRIER /* it may be overwritten */
+                        continue;
                     }
-                    OMP_BARRIER /* it may be overwritten */
+                    for (int i0 = 0; p0 < p1 && i0 < M; i0 += mcb) {
+                        int mc = imin(mcb, M - i0);
+                        float *ci = c + (size_t)i0 * ldc + j0 + jc0;
+                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                        macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc, ci, ldc, first,
+                                     bj);
+                        if (resid && last)
+                            add_block(ci, resid + (ci - c), ldc, mc, ncc);
+                    }
                 }
             }
         } else {

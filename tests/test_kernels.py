@@ -434,6 +434,8 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_matmul_forward, (1, 384, 1152)), (case_gemm, (2, 256, 384, False, True, False)),
                 (case_gemm, (400, 256, 300, False, True, True)),  # row split, 3 row blocks
                 (case_gemm, (100, 256, 900, True, False, True)),  # column split, 3 K slices
+                (case_gemm, (300, 1600, 200, False, False, True)),  # column split, 3 row blocks
+                (case_matmul_forward, (300, 200, 1600, True, True)),  # the same + residual
                 (case_matmul_forward, (100, 900, 256, True, True)),  # + residual, column split
                 (case_matmul_forward, (200, 1000, 64, True, True)),  # + residual, row split
                 (case_matmul_forward, (2, 900, 300, True, True)),    # + residual, few rows
@@ -478,7 +480,8 @@ def test_few_rows_same_bits_as_in_a_big_product(cmod, rng, M, N, K, trans_b):
 
 
 @pytest.mark.parametrize("N,C,OC", [(1, 384, 384), (3, 1536, 384), (100, 900, 256),
-                                     (200, 1000, 64), (2048, 512, 128), (50, 7, 3)])
+                                     (300, 500, 1600), (200, 1000, 64), (2048, 512, 128),
+                                     (50, 7, 3)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_residual_same_bits_as_separate_add(cmod, rng, N, C, OC, threads):
     """matmul_forward's residual is the residual_forward of a GPT block fused into the product:

@@ -91,7 +91,7 @@ def rows(name, a):
     if a.ndim < 1:
         raise ValueError("%s must have at least one axis, got a 0-d array" % name)
     C = a.shape[-1]
-    N = int(np.prod(a.shape[:-1], dtype=np.int64))
+    N = math.prod(a.shape[:-1])  # exact (Python ints), then range-checked
     return size(name + " rows", N), size(name + " last axis", C)
 
 
