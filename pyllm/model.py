@@ -25,6 +25,7 @@ from .backend._check import decoder_weight_names
 from .rng import RNG
 
 MODEL_FORMAT = "pyllm-model"
+GELU_KEEP_BYTES = 64 * 2**20  # keep every layer's gelu(fch) for backward up to this size
 MODEL_FORMAT_VERSION = 1
 
 
@@ -191,16 +192,18 @@ class GPT:
         C, L, V, NH = self.config.n_embd, self.config.n_layer, self.config.vocab_size, \
             self.config.n_head
         e = lambda *s: np.zeros(s, dtype=self.dtype)  # noqa: E731
-        a = {"shape": (B, T), "encoded": e(B, T, C),
+        # gelu(fch) feeds the next matmul and, in backward, its weight gradient. Kept per layer
+        # when that costs at most GELU_KEEP_BYTES; else one buffer serves every layer and
+        # backward recomputes it (saving 4C floats per token per layer).
+        keep = L * B * T * 4 * C * self.dtype.itemsize <= GELU_KEEP_BYTES
+        shared = None if keep else e(B, T, 4 * C)
+        a = {"shape": (B, T), "encoded": e(B, T, C), "gelu_kept": keep,
              "layers": [dict(ln_1=e(B, T, C), ln_1_mean=e(B, T), ln_1_rstd=e(B, T),
                              qkv=e(B, T, 3 * C), atty=e(B, T, C), lse=e(B, NH, T),
                              res_2=e(B, T, C),
                              ln_2=e(B, T, C), ln_2_mean=e(B, T), ln_2_rstd=e(B, T),
-                             fch=e(B, T, 4 * C),
+                             fch=e(B, T, 4 * C), fch_gelu=e(B, T, 4 * C) if keep else shared,
                              res_3=e(B, T, C)) for _ in range(L)],
-             # gelu(fch) is used at once by the next matmul and recomputed in backward, so one
-             # buffer serves every layer (saves 4C floats per token per layer)
-             "fch_gelu": e(B, T, 4 * C),
              "ln_f": e(B, T, C), "ln_f_mean": e(B, T), "ln_f_rstd": e(B, T),
              "logits": e(B, T, V), "losses": e(B, T),
              # backward scratch
@@ -257,8 +260,8 @@ class GPT:
                                   P[p + "ln_2.weight"], P[p + "ln_2.bias"])
             ops.matmul_forward(l["fch"], l["ln_2"], P[p + "mlp.c_fc.weight"],
                                P[p + "mlp.c_fc.bias"])                # (B,T,4C)
-            ops.gelu_forward(a["fch_gelu"], l["fch"])
-            ops.matmul_forward(l["res_3"], a["fch_gelu"], P[p + "mlp.c_proj.weight"],
+            ops.gelu_forward(l["fch_gelu"], l["fch"])
+            ops.matmul_forward(l["res_3"], l["fch_gelu"], P[p + "mlp.c_proj.weight"],
                                P[p + "mlp.c_proj.bias"], residual=l["res_2"])
             x = l["res_3"]
         ops.layernorm_forward(a["ln_f"], a["ln_f_mean"], a["ln_f_rstd"], x,
@@ -326,8 +329,9 @@ class GPT:
             x_in = a["layers"][i - 1]["res_3"] if i > 0 else a["encoded"]
             # MLP: res_3 = res_2 + c_proj(gelu(c_fc(ln_2(res_2))))
             d_gelu, d_fch, d_ln2 = a["d4C"], a["d4C2"], a["dC"]
-            ops.gelu_forward(a["fch_gelu"], l["fch"])                 # recompute
-            self._linear_backward(d_gelu, p + "mlp.c_proj", dres, a["fch_gelu"])
+            if not a["gelu_kept"]:
+                ops.gelu_forward(l["fch_gelu"], l["fch"])             # recompute
+            self._linear_backward(d_gelu, p + "mlp.c_proj", dres, l["fch_gelu"])
             d_fch.fill(0.0)
             ops.gelu_backward(d_fch, l["fch"], d_gelu)
             self._linear_backward(d_ln2, p + "mlp.c_fc", d_fch, l["ln_2"])

@@ -194,6 +194,23 @@ def test_accumulated_gradients_equal_the_big_batch(backend, rng):
     np.testing.assert_allclose(m.grads.flat, full, rtol=1e-4, atol=1e-7)
 
 
+def test_kept_and_recomputed_gelu_give_the_same_gradients(backend, rng, monkeypatch):
+    """Backward reads gelu(fch) from a buffer kept per layer, or recomputes it into one shared
+    buffer when keeping them all would cost more than GELU_KEEP_BYTES: the same bits."""
+    import pyllm.model as model_mod
+    cfg = pyllm.GPTConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, n_embd=8)
+    x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    results = []
+    for limit in (model_mod.GELU_KEEP_BYTES, 0):
+        monkeypatch.setattr(model_mod, "GELU_KEEP_BYTES", limit)
+        m = pyllm.GPT(cfg, seed=4)
+        loss, g = m.loss_and_grads(x, y)
+        results.append((loss, g.flat.copy(), m._acts["gelu_kept"]))
+    assert [r[2] for r in results] == [True, False]
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1], results[1][1])
+
+
 def test_bad_inputs_to_the_model(backend):
     m = tiny()
     with pytest.raises(ValueError, match="block_size"):
