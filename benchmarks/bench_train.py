@@ -154,7 +154,7 @@ def main(argv=None):
     print("%-6s %-7s %26s %10s %10s" % ("config", "impl", "tokens/s", "RSS MiB", "loss"))
     for name in args.configs:
         V, L, H, C, T, B = CONFIGS[name]
-        steps = args.steps or (3 if args.quick else {"a": 20, "b": 6, "c": 4}.get(name, 5))
+        steps = args.steps or (3 if args.quick else {"a": 60, "b": 8, "c": 4}.get(name, 5))
         res = {}
         for impl in args.impls:
             if impl == "torch" and not have_torch:
