@@ -25,8 +25,8 @@ from .backend._check import decoder_weight_names
 from .rng import RNG
 
 MODEL_FORMAT = "pyllm-model"
-GELU_KEEP_BYTES = 64 * 2**20  # keep every layer's gelu(fch) for backward up to this size
 MODEL_FORMAT_VERSION = 1
+GELU_KEEP_BYTES = 64 * 2**20  # keep every layer's gelu(fch) for backward up to this size
 
 
 @dataclass
