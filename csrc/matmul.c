@@ -601,7 +601,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                 const float *bj = bias ? bias + j0 : NULL;
                 for (int kb = 0; kb < nkb; kb++) {
                     int k0 = kb * kcb, kc = imin(kcb, K - k0);
-                    int first = kb == 0 && !accumulate;
+                    int first = kb == 0 && !accumulate, last = kb == nkb - 1;
                     /* the threads pack the B block together, in small tasks */
                     int ntasks = trans_b ? npan : cdiv(kc, 8);
                     OMP_FOR_DYNAMIC
@@ -617,12 +617,12 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     OMP_FOR_DYNAMIC
                     for (int u = 0; u < nmb; u++) {
                         int i0 = u * mcb, mc = imin(mcb, M - i0);
+                        float *ci = c + (size_t)i0 * ldc + j0;
                         pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
-                        macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc,
-                                     c + (size_t)i0 * ldc + j0, ldc, first, bj);
-                        if (resid && kb == nkb - 1)
-                            add_block(c + (size_t)i0 * ldc + j0, resid + (size_t)i0 * ldc + j0, ldc,
-                                      mc, nc);
+                        macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc, ci, ldc, first,
+                                     bj);
+                        if (resid && last)
+                            add_block(ci, resid + (ci - c), ldc, mc, nc);
                     }
                     /* implicit barrier: the packed B block may be overwritten */
                 }

@@ -110,10 +110,13 @@ def child_case(group, raises=None, match="", known_gap=None):
     return register
 
 
-def case_names(group):
-    """The case names of ``group`` for parametrize; known gaps are strict xfails."""
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[group, name]))
-            if (group, name) in KNOWN_GAPS else name for name in CHILD_CASES[group]]
+def case_params(group, backends):
+    """(group, backend, case name) of every case of ``group`` for parametrize; known gaps are
+    strict xfails."""
+    return [pytest.param(group, be, name, id="%s-%s-%s" % (group, be, name),
+                         marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[group, name])]
+                         if (group, name) in KNOWN_GAPS else [])
+            for be in backends for name in CHILD_CASES[group]]
 
 
 def _child_main(group, be):
@@ -499,17 +502,6 @@ def zero_time_steps_in_attention(be):
                               e32(2, 2, 0), 2)
 
 
-@pytest.mark.parametrize("be", BACKENDS)
-@pytest.mark.parametrize("name", case_names(K))
-def test_kernel_cases(be, name):
-    check_case(K, be, name)
-
-
-@pytest.mark.parametrize("be", BACKENDS)
-def test_kernel_child_exits_cleanly(be):
-    check_child_exit(K, be)
-
-
 # ==== kernels on NaN and Inf: no crash, and C puts NaN/Inf exactly where NumPy does ===========
 
 A = "nan-agreement"
@@ -613,15 +605,6 @@ def embedding_residual_optimizer_with_nan(be):
                            0.9, 0.99, 1e-8, 0.1, 1], [0, 2, 3])
     n = {be: backend_module(be).norm_squared(g) for be in ("numpy", "c")}
     assert math.isnan(n["numpy"]) and math.isnan(n["c"])
-
-
-@pytest.mark.parametrize("name", case_names(A))
-def test_nan_inf_agreement_cases(name):
-    check_case(A, "c", name)
-
-
-def test_nan_inf_agreement_child_exits_cleanly():
-    check_child_exit(A, "c")
 
 
 # ==== the model, the optimiser, backend settings =================================================
@@ -849,17 +832,6 @@ def model_thread_counts_checked(be):
     for bad in ("2", 2.5, True, None):
         expect(TypeError, "number of threads must be an int", pyllm.set_num_threads, bad)
     assert pyllm.get_num_threads() >= 1
-
-
-@pytest.mark.parametrize("be", BACKENDS)
-@pytest.mark.parametrize("name", case_names(M))
-def test_model_cases(be, name):
-    check_case(M, be, name)
-
-
-@pytest.mark.parametrize("be", BACKENDS)
-def test_model_child_exits_cleanly(be):
-    check_child_exit(M, be)
 
 
 @pytest.mark.parametrize("kw, exc, match", [
@@ -1163,17 +1135,6 @@ def non_finite_gradient_stops_and_keeps_the_checkpoint(be):
         assert f.read() == before
 
 
-@pytest.mark.parametrize("be", BACKENDS)
-@pytest.mark.parametrize("name", case_names(R))
-def test_resume_cases(be, name):
-    check_case(R, be, name)
-
-
-@pytest.mark.parametrize("be", BACKENDS)
-def test_resume_child_exits_cleanly(be):
-    check_child_exit(R, be)
-
-
 def test_train_settings_refused_before_any_work(tmp_path):
     from pyllm.train import TrainConfig, train
     with pytest.raises(ValueError, match="more than pyllm can train"):
@@ -1251,13 +1212,6 @@ def directory_with_a_pipe_and_a_dangling_link(be):
     assert "b_dangling.txt: cannot be read" in msgs[1]
 
 
-@pytest.mark.parametrize("name", case_names(D))
-def test_data_cases(name):  # a child process: a hang on a pipe or device is a timeout, not a stall
-    check_case(D, "numpy", name)
-
-
-def test_data_child_exits_cleanly():
-    check_child_exit(D, "numpy")
 
 
 @pytest.mark.parametrize("content, match", [
@@ -1500,3 +1454,21 @@ def test_cli_output_the_terminal_cannot_show_is_replaced(cli_runs):
     assert r.stdout.startswith(b"caf?") and r.stdout.endswith(b"\n")
 
 
+# ==== running the child-process groups ===========================================================
+
+# The backends each group's child runs on: the NaN/Inf agreement compares C with NumPy inside one
+# child; the data loader has no kernels (it runs in a child so that a hang on a pipe or device is
+# a timeout, not a stall).
+GROUP_BACKENDS = {K: BACKENDS, A: ["c"], M: BACKENDS, R: BACKENDS, D: ["numpy"]}
+
+
+@pytest.mark.parametrize("group, be, name", [p for group, backends in GROUP_BACKENDS.items()
+                                             for p in case_params(group, backends)])
+def test_child_case(group, be, name):
+    check_case(group, be, name)
+
+
+@pytest.mark.parametrize("group, be", [(group, be) for group, backends in GROUP_BACKENDS.items()
+                                       for be in backends])
+def test_child_exits_cleanly(group, be):
+    check_child_exit(group, be)
