@@ -48,9 +48,8 @@
 #define LOG2E 1.44269504088896341f
 #define LN2 0.693147180559945309f
 
-#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+#ifdef PYLLM_X86_AVX2 /* internal.h: AVX2 functions can be compiled here */
 #define ATT_AVX2 1
-#include <immintrin.h>
 #endif
 
 static int imin(int a, int b) { return a < b ? a : b; }

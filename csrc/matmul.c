@@ -20,7 +20,8 @@
  * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
  * multiply-adds in k order per KC slice (fixed by K alone), the slices added to c in order.
  * The 6x16 micro-kernel is written with GCC/Clang vector extensions for AVX2+FMA and chosen at run
- * time; other machines and compilers run a plain C micro-kernel on the same packed layout.
+ * time, with packing routines that move 8 x 8 blocks through register transposes; other machines
+ * and compilers run a plain C micro-kernel and scalar packing on the same packed layout.
  * A product with at most SMALL_M rows (decoding) skips the packing and streams b once.
  * The fused residual is added to each block of c right after its last K slice, while the block is
  * still in cache: c = (sum + bias) + residual, the same bits as a separate residual_forward.
@@ -35,7 +36,7 @@
 #define MC 144   /* rows per A block: MC x KC x 4 = 216 KiB, inside the 512 KiB L2 */
 #define NC 4080  /* columns per B block: KC x NC x 4 ~ 6 MiB, shared by the threads in L3 */
 
-#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+#ifdef PYLLM_X86_AVX2 /* internal.h: AVX2 functions can be compiled here */
 #define PYLLM_AVX2_KERNEL 1
 #endif
 
@@ -155,7 +156,6 @@ static void smallm_c(int M, int j0, int nj, int K, int kcb, const float *a, size
 }
 
 #ifdef PYLLM_AVX2_KERNEL
-#include <immintrin.h> /* only for _mm256_fmadd_ps: one rounding, whatever -ffp-contract says */
 
 typedef float v8f __attribute__((vector_size(32)));
 /* the same vector for loads and stores at any float address, allowed to alias float */
@@ -333,12 +333,6 @@ static smallm_fn select_smallm(void) {
     return smallm_c;
 }
 
-static ukernel_fn select_ukernel(void) {
-#ifdef PYLLM_AVX2_KERNEL
-    if (pyllm_simd_level() == 1) return ukernel_avx2;
-#endif
-    return ukernel_c;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Packing. A micro-panel holds MR rows of op(a) for kc values of k, k-major (MR floats per k);
@@ -349,7 +343,7 @@ static ukernel_fn select_ukernel(void) {
 /* dst[k*R + r] = src[r][k] for k < kc, r < R (zeros for r >= nv): R stored rows become one
    k-major micro-panel. Reads one 64-byte line of each row in turn, so rows that share cache sets
    (a power-of-two stride) do not evict each other, and prefetches a few lines ahead. */
-static void pack_rows(float *dst, const float *const *src, int R, int nv, int kc) {
+static void pack_rows_c(float *dst, const float *const *src, int R, int nv, int kc) {
     for (int k0 = 0; k0 < kc; k0 += 16) {
         int kn = imin(16, kc - k0);
         for (int r = 0; r < R; r++) {
@@ -365,35 +359,133 @@ static void pack_rows(float *dst, const float *const *src, int R, int nv, int kc
     }
 }
 
-/* rows i0..i0+mc-1 and k0..k0+kc-1 of op(a) into ceil(mc/MR) micro-panels at pa */
-static void pack_a(float *pa, const float *a, size_t lda, int trans_a, int i0, int mc, int k0,
-                   int kc) {
-    if (trans_a) { /* a is (K,M): read row k along i, MR floats to each panel */
-        int full = mc / MR * MR;
-        for (int k = 0; k < kc; k++) {
-            const float *src = a + (size_t)(k0 + k) * lda + i0;
-            float *dst = pa + (size_t)k * MR;
-            if (k + 8 < kc) PREFETCH(src + 8 * lda);
-            for (int ip = 0; ip < full; ip += MR)
-                for (int i = 0; i < MR; i++) dst[(size_t)ip * kc + i] = src[ip + i];
-            if (full < mc)
-                for (int i = 0; i < MR; i++)
-                    dst[(size_t)full * kc + i] = full + i < mc ? src[full + i] : 0.0f;
+/* a is (K,M): rows i0..i0+mc-1 of op(a) = a^T, k0..k0+kc-1, into ceil(mc/MR) micro-panels at pa.
+   Row k of a is read along i, MR floats to each panel. */
+static void pack_at_c(float *pa, const float *a, size_t lda, int i0, int mc, int k0, int kc) {
+    int full = mc / MR * MR;
+    for (int k = 0; k < kc; k++) {
+        const float *src = a + (size_t)(k0 + k) * lda + i0;
+        float *dst = pa + (size_t)k * MR;
+        if (k + 8 < kc) PREFETCH(src + 8 * lda);
+        for (int ip = 0; ip < full; ip += MR)
+            for (int i = 0; i < MR; i++) dst[(size_t)ip * kc + i] = src[ip + i];
+        if (full < mc)
+            for (int i = 0; i < MR; i++)
+                dst[(size_t)full * kc + i] = full + i < mc ? src[full + i] : 0.0f;
+    }
+}
+
+typedef void (*pack_rows_fn)(float *dst, const float *const *src, int R, int nv, int kc);
+typedef void (*pack_at_fn)(float *pa, const float *a, size_t lda, int i0, int mc, int k0,
+                           int kc);
+
+#ifdef PYLLM_AVX2_KERNEL
+/* pack_rows_c with R = MR or NR: 8 rows x 8 k at a time, transposed in registers (MR rows are
+   padded to 8 with zeros; of each 8-float column the first MR go to the panel) */
+__attribute__((target("avx2,fma")))
+static void pack_rows_avx2(float *dst, const float *const *src, int R, int nv, int kc) {
+    int k0 = 0;
+    if (R == MR || R == NR) {
+        for (; k0 + 8 <= kc; k0 += 8) {
+            for (int g = 0; g < R; g += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) {
+                    if (g + i < nv && g + i < R) {
+                        r[i] = _mm256_loadu_ps(src[g + i] + k0);
+                        if ((k0 & 15) == 0 && k0 + 96 < kc) PREFETCH(src[g + i] + k0 + 96);
+                    } else {
+                        r[i] = _mm256_setzero_ps();
+                    }
+                }
+                pyllm_transpose8(r);
+                float *d = dst + (size_t)k0 * R + g;
+                if (R - g >= 8) {
+                    for (int u = 0; u < 8; u++) _mm256_storeu_ps(d + (size_t)u * R, r[u]);
+                } else { /* R = MR = 6: each store spills 2 floats that the next one overwrites;
+                            the last is exact */
+                    for (int u = 0; u < 7; u++) _mm256_storeu_ps(d + (size_t)u * R, r[u]);
+                    __m128 lo = _mm256_castps256_ps128(r[7]);
+                    __m128 hi = _mm256_extractf128_ps(r[7], 1);
+                    _mm_storeu_ps(d + 7 * R, lo);
+                    _mm_storel_pi((__m64 *)(void *)(d + 7 * R + 4), hi);
+                }
+            }
         }
+    }
+    for (int r = 0; r < R; r++) /* the last kc % 8 values of k (or every k for another R) */
+        for (int k = k0; k < kc; k++) dst[(size_t)k * R + r] = r < nv ? src[r][k] : 0.0f;
+}
+
+/* pack_at_c, moving MR = 6 floats with one 8-float load and store where that stays inside the
+   block: the store spills 2 floats into slot k + 1 of the same panel, which is written next */
+__attribute__((target("avx2,fma")))
+static void pack_at_avx2(float *pa, const float *a, size_t lda, int i0, int mc, int k0, int kc) {
+    int full = mc / MR * MR;
+    for (int k = 0; k < kc; k++) {
+        const float *src = a + (size_t)(k0 + k) * lda + i0;
+        float *dst = pa + (size_t)k * MR;
+        if (k + 8 < kc)
+            for (int ip = 0; ip < mc; ip += 16) PREFETCH(src + 8 * lda + ip);
+        int ip = 0;
+        if (k + 1 < kc)
+            for (; ip + 8 <= mc; ip += MR)
+                _mm256_storeu_ps(dst + (size_t)ip * kc, _mm256_loadu_ps(src + ip));
+        for (; ip < full; ip += MR) {
+            float *d = dst + (size_t)ip * kc;
+            _mm_storeu_ps(d, _mm_loadu_ps(src + ip));
+            d[4] = src[ip + 4];
+            d[5] = src[ip + 5];
+        }
+        if (full < mc)
+            for (int i = 0; i < MR; i++)
+                dst[(size_t)full * kc + i] = full + i < mc ? src[full + i] : 0.0f;
+    }
+}
+#endif
+
+/* the micro-kernel and packing routines of one implementation, chosen once per call */
+typedef struct {
+    ukernel_fn ukernel;
+    pack_rows_fn pack_rows;
+    pack_at_fn pack_at;
+} gemm_kernels;
+
+static gemm_kernels select_kernels(void) {
+    gemm_kernels g;
+    g.ukernel = ukernel_c;
+    g.pack_rows = pack_rows_c;
+    g.pack_at = pack_at_c;
+#ifdef PYLLM_AVX2_KERNEL
+    if (pyllm_simd_level() == 1) {
+        g.ukernel = ukernel_avx2;
+        g.pack_rows = pack_rows_avx2;
+        g.pack_at = pack_at_avx2;
+    }
+#endif
+    return g;
+}
+
+/* rows i0..i0+mc-1 and k0..k0+kc-1 of op(a) into ceil(mc/MR) micro-panels at pa */
+static void pack_a(const gemm_kernels *g, float *pa, const float *a, size_t lda, int trans_a,
+                   int i0, int mc, int k0, int kc) {
+    if (trans_a) {
+        g->pack_at(pa, a, lda, i0, mc, k0, kc);
         return;
     }
     for (int ip = 0; ip < mc; ip += MR) { /* a is (M,K): MR rows become one panel */
         const float *src[MR];
-        for (int i = 0; i < MR; i++) src[i] = a + (size_t)(i0 + ip + i) * lda + k0;
-        pack_rows(pa + (size_t)ip * kc, src, MR, imin(MR, mc - ip), kc);
+        for (int i = 0; i < MR; i++) /* rows past the block are never read (nv) */
+            src[i] = a + (size_t)(i0 + ip + imin(i, mc - ip - 1)) * lda + k0;
+        g->pack_rows(pa + (size_t)ip * kc, src, MR, imin(MR, mc - ip), kc);
     }
 }
 
 /* b is (N,K): columns j0..j0+nr-1 (nr <= NR) and k0..k0+kc-1 of op(b) = b^T into one panel */
-static void pack_bt_panel(float *pb, const float *b, size_t ldb, int j0, int nr, int k0, int kc) {
+static void pack_bt_panel(const gemm_kernels *g, float *pb, const float *b, size_t ldb, int j0,
+                          int nr, int k0, int kc) {
     const float *src[NR];
-    for (int j = 0; j < NR; j++) src[j] = b + (size_t)(j0 + j) * ldb + k0;
-    pack_rows(pb, src, NR, nr, kc);
+    for (int j = 0; j < NR; j++) src[j] = b + (size_t)(j0 + imin(j, nr - 1)) * ldb + k0;
+    g->pack_rows(pb, src, NR, nr, kc);
 }
 
 /* b is (K,N): rows k0+k, k in [kbeg, kend), columns j0..j0+nc-1 into their place in every panel
@@ -534,7 +626,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     packbuf *buf = packbuf_get(bsize + (size_t)nt * ablock);
     if (!buf) return PYLLM_ERR_NOMEM;
     float *bpack = buf->data, *ashared = buf->data + bsize;
-    ukernel_fn ukernel = select_ukernel();
+    gemm_kernels kern = select_kernels();
+    ukernel_fn ukernel = kern.ukernel;
 
     OMP_PARALLEL_NT
     {
@@ -565,14 +658,14 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     float *bp = bpack + bregion * tid;
                     if (trans_b)
                         for (int p = 0; p < p1 - p0; p++)
-                            pack_bt_panel(bp + (size_t)p * NR * kc, b, ldb, j0 + jc0 + p * NR,
+                            pack_bt_panel(&kern, bp + (size_t)p * NR * kc, b, ldb, j0 + jc0 + p * NR,
                                           imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
                     int first = kb == 0 && !accumulate, last = kb == nkb - 1;
                     if (nmb == 1) {
                         if (q0 < q1)
-                            pack_a(ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
+                            pack_a(&kern, ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
                                    imin(M, q1 * MR) - q0 * MR, k0, kc);
                         OMP_BARRIER /* the A block is packed */
                         if (p0 < p1) {
@@ -587,7 +680,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     for (int i0 = 0; p0 < p1 && i0 < M; i0 += mcb) {
                         int mc = imin(mcb, M - i0);
                         float *ci = c + (size_t)i0 * ldc + j0 + jc0;
-                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                        pack_a(&kern, apriv, a, lda, trans_a, i0, mc, k0, kc);
                         macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc, ci, ldc, first,
                                      bj);
                         if (resid && last)
@@ -607,7 +700,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     OMP_FOR_DYNAMIC
                     for (int t = 0; t < ntasks; t++) {
                         if (trans_b)
-                            pack_bt_panel(bpack + (size_t)t * NR * kc, b, ldb, j0 + t * NR,
+                            pack_bt_panel(&kern, bpack + (size_t)t * NR * kc, b, ldb, j0 + t * NR,
                                           imin(NR, nc - t * NR), k0, kc);
                         else
                             pack_b_rows(bpack, b, ldb, j0, nc, k0, kc, t * 8,
@@ -618,7 +711,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     for (int u = 0; u < nmb; u++) {
                         int i0 = u * mcb, mc = imin(mcb, M - i0);
                         float *ci = c + (size_t)i0 * ldc + j0;
-                        pack_a(apriv, a, lda, trans_a, i0, mc, k0, kc);
+                        pack_a(&kern, apriv, a, lda, trans_a, i0, mc, k0, kc);
                         macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc, ci, ldc, first,
                                      bj);
                         if (resid && last)
