@@ -30,7 +30,8 @@
  * Every sum runs in a fixed order inside one task and tasks write disjoint outputs, so results
  * are bit-identical for any thread count. Each kernel has two implementations: AVX2+FMA (vector
  * intrinsics in functions marked target("avx2,fma"), with a polynomial exp2) used when
- * pyllm_simd_level() is 1 (x86-64 CPUs with AVX2 and FMA, chosen at run time), and portable C
+ * pyllm_simd_level() is 1 (x86-64 CPUs with AVX2 and FMA, chosen at run time; tile copies move
+ * 8 floats at a time, transposes go through 8 x 8 register blocks), and portable C
  * (libm exp2f) everywhere else; both use the same tiling. Head sizes above 256 take a plain
  * per-query path; the decode step streams the cache in blocks of DB keys.
  */
@@ -399,42 +400,11 @@ static void mk_avx2(int m, int n, int kc, const float *a, size_t ars, size_t aks
 #undef FMA
 #endif /* ATT_AVX2 */
 
-/* the kernels of one implementation, chosen once per call outside the parallel region */
-typedef struct {
-    void (*mk)(int m, int n, int kc, const float *a, size_t ars, size_t aks, const float *b,
-               size_t ldb, float *c, size_t ldc, int mode, float alpha, const float *rs);
-    void (*softmax_fwd)(float *st, int ld, int nq, int nk, int off, float *m, float *l,
-                        float *corr);
-    void (*softmax_bwd)(float *s, float *dp, int ld, int nrows, int nq, int nk, int diag,
-                        const float *lse2, const float *D, float scale);
-    float (*exp_row)(float *x, int n, float m);
-    float (*dot)(const float *a, const float *b, int n);
-} att_ops;
-
-static att_ops select_ops(void) {
-    att_ops o;
-    o.mk = mk_c;
-    o.softmax_fwd = softmax_fwd_c;
-    o.softmax_bwd = softmax_bwd_c;
-    o.exp_row = exp_row_c;
-    o.dot = dot;
-#ifdef ATT_AVX2
-    if (pyllm_simd_level() == 1) {
-        o.mk = mk_avx2;
-        o.softmax_fwd = softmax_fwd_avx2;
-        o.softmax_bwd = softmax_bwd_avx2;
-        o.exp_row = exp_row_avx2;
-        o.dot = dot_avx2;
-    }
-#endif
-    return o;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Tile copies.
  * ------------------------------------------------------------------------------------------- */
 /* dst (rows x ld): row r < nr, column d < hd from src[r*ss + d]; zero elsewhere (cols < ld) */
-static void pack_rows(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd) {
+static void pack_rows_c(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd) {
     for (int r = 0; r < rows; r++) {
         float *dr = dst + (size_t)r * ld;
         int d = 0;
@@ -447,7 +417,7 @@ static void pack_rows(float *dst, int ld, int rows, const float *src, size_t ss,
 }
 
 /* dst (hd x ld) = transpose: dst[d*ld + j] = src[j*ss + d] for j < nr; zero for nr <= j < ld */
-static void pack_trans(float *dst, int ld, const float *src, size_t ss, int nr, int hd) {
+static void pack_trans_c(float *dst, int ld, const float *src, size_t ss, int nr, int hd) {
     for (int j = 0; j < nr; j++) {
         const float *sj = src + (size_t)j * ss;
         for (int d = 0; d < hd; d++) dst[(size_t)d * ld + j] = sj[d];
@@ -455,6 +425,107 @@ static void pack_trans(float *dst, int ld, const float *src, size_t ss, int nr, 
     if (nr < ld)
         for (int d = 0; d < hd; d++)
             for (int j = nr; j < ld; j++) dst[(size_t)d * ld + j] = 0.0f;
+}
+
+/* dst[j*ds + d] += src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
+static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd) {
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < hd; d++) dst[(size_t)j * ds + d] += src[(size_t)j * ss + d];
+}
+
+#ifdef ATT_AVX2
+/* the same three with 8-float moves (and 8 x 8 register transposes); scalar for the last
+   hd % 8 columns */
+__attribute__((target("avx2,fma")))
+static void pack_rows_avx2(float *dst, int ld, int rows, const float *src, size_t ss, int nr,
+                           int hd) {
+    for (int r = 0; r < rows; r++) {
+        float *dr = dst + (size_t)r * ld;
+        int d = 0;
+        if (r < nr) {
+            const float *sr = src + (size_t)r * ss;
+            for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(dr + d, _mm256_loadu_ps(sr + d));
+            for (; d < hd; d++) dr[d] = sr[d];
+        }
+        for (; d < ld; d++) dr[d] = 0.0f;
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void pack_trans_avx2(float *dst, int ld, const float *src, size_t ss, int nr, int hd) {
+    if (ld % 8 != 0) {
+        pack_trans_c(dst, ld, src, ss, nr, hd);
+        return;
+    }
+    int d8 = hd / 8 * 8;
+    for (int j0 = 0; j0 < ld; j0 += 8) { /* 8 rows of src (zeros from nr on) at a time */
+        const float *sj = src + (size_t)j0 * ss;
+        for (int d0 = 0; d0 < d8; d0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = j0 + i < nr ? _mm256_loadu_ps(sj + (size_t)i * ss + d0)
+                                   : _mm256_setzero_ps();
+            pyllm_transpose8(r);
+            for (int u = 0; u < 8; u++) _mm256_storeu_ps(dst + (size_t)(d0 + u) * ld + j0, r[u]);
+        }
+        for (int d = d8; d < hd; d++)
+            for (int i = 0; i < 8; i++)
+                dst[(size_t)d * ld + j0 + i] = j0 + i < nr ? sj[(size_t)i * ss + d] : 0.0f;
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void add_rows_avx2(float *dst, size_t ds, const float *src, size_t ss, int n, int hd) {
+    for (int j = 0; j < n; j++) {
+        float *dj = dst + (size_t)j * ds;
+        const float *sj = src + (size_t)j * ss;
+        int d = 0;
+        for (; d + 8 <= hd; d += 8)
+            _mm256_storeu_ps(dj + d, _mm256_add_ps(_mm256_loadu_ps(dj + d),
+                                                   _mm256_loadu_ps(sj + d)));
+        for (; d < hd; d++) dj[d] += sj[d];
+    }
+}
+#endif
+
+/* the kernels of one implementation, chosen once per call outside the parallel region */
+typedef struct {
+    void (*mk)(int m, int n, int kc, const float *a, size_t ars, size_t aks, const float *b,
+               size_t ldb, float *c, size_t ldc, int mode, float alpha, const float *rs);
+    void (*softmax_fwd)(float *st, int ld, int nq, int nk, int off, float *m, float *l,
+                        float *corr);
+    void (*softmax_bwd)(float *s, float *dp, int ld, int nrows, int nq, int nk, int diag,
+                        const float *lse2, const float *D, float scale);
+    float (*exp_row)(float *x, int n, float m);
+    float (*dot)(const float *a, const float *b, int n);
+    void (*pack_rows)(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd);
+    void (*pack_trans)(float *dst, int ld, const float *src, size_t ss, int nr, int hd);
+    void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int n, int hd);
+} att_ops;
+
+static att_ops select_ops(void) {
+    att_ops o;
+    o.mk = mk_c;
+    o.softmax_fwd = softmax_fwd_c;
+    o.softmax_bwd = softmax_bwd_c;
+    o.exp_row = exp_row_c;
+    o.dot = dot;
+    o.pack_rows = pack_rows_c;
+    o.pack_trans = pack_trans_c;
+    o.add_rows = add_rows_c;
+#ifdef ATT_AVX2
+    if (pyllm_simd_level() == 1) {
+        o.mk = mk_avx2;
+        o.softmax_fwd = softmax_fwd_avx2;
+        o.softmax_bwd = softmax_bwd_avx2;
+        o.exp_row = exp_row_avx2;
+        o.dot = dot_avx2;
+        o.pack_rows = pack_rows_avx2;
+        o.pack_trans = pack_trans_avx2;
+        o.add_rows = add_rows_avx2;
+    }
+#endif
+    return o;
 }
 
 /* head-size padding and the block size for it; 0 when the tiles do not fit (hd > HDP_MAX) */
@@ -477,7 +548,7 @@ static void fwd_task(const att_ops *ops, float *out, float *lse, const float *qk
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * hd;
     float alpha = LOG2E / sqrtf((float)hd);
     int qb = blk, q0 = qi * qb, nq = imin(qb, T - q0);
-    pack_trans(QT, qb, base + (size_t)q0 * C3, C3, nq, hd);
+    ops->pack_trans(QT, qb, base + (size_t)q0 * C3, C3, nq, hd);
     for (int t = 0; t < qb * hdp; t++) O[t] = 0.0f;
     for (int r = 0; r < qb; r++) {
         m[r] = -INFINITY;
@@ -485,8 +556,8 @@ static void fwd_task(const att_ops *ops, float *out, float *lse, const float *qk
     }
     for (int k0 = 0; k0 < q0 + nq; k0 += blk) {
         int nk = imin(blk, T - k0), off = q0 - k0; /* key j sees query r when j <= r + off */
-        pack_rows(KP, hdp, blk, base + C + (size_t)k0 * C3, C3, nk, hd);
-        pack_rows(VP, hdp, blk, base + 2 * (size_t)C + (size_t)k0 * C3, C3, nk, hd);
+        ops->pack_rows(KP, hdp, blk, base + C + (size_t)k0 * C3, C3, nk, hd);
+        ops->pack_rows(VP, hdp, blk, base + 2 * (size_t)C + (size_t)k0 * C3, C3, nk, hd);
         /* S^T = alpha K Q^T, on the tiles with some key j <= query r + off */
         for (int c0 = 0; c0 < nq; c0 += NR) { /* a Q^T slice stays in L1 over the key groups */
             int jn = imin(nk, c0 + NR + off);  /* key groups j0 < jn see a query of c0.. */
@@ -539,9 +610,9 @@ static void bwd_task(const att_ops *ops, float *dqkv, const float *dout, const f
         row_dots(ops, Dh, gb, out + (size_t)b * T * C + (size_t)h * hd, C, T, hd);
     for (int kj = 0; kj < nb; kj++) {
         int k0 = kj * blk, nk = imin(blk, T - k0);
-        pack_trans(KT, blk, kb + (size_t)k0 * C3, C3, nk, hd);
-        pack_trans(VT, blk, vb + (size_t)k0 * C3, C3, nk, hd);
-        pack_rows(K, hdp, blk, kb + (size_t)k0 * C3, C3, nk, hd);
+        ops->pack_trans(KT, blk, kb + (size_t)k0 * C3, C3, nk, hd);
+        ops->pack_trans(VT, blk, vb + (size_t)k0 * C3, C3, nk, hd);
+        ops->pack_rows(K, hdp, blk, kb + (size_t)k0 * C3, C3, nk, hd);
         for (int t = 0; t < blk * hdp; t++) dK[t] = dV[t] = 0.0f;
         for (int qi = kj; qi < nb; qi++) {
             int q0 = qi * blk, nq = imin(blk, T - q0), diag = qi == kj;
@@ -551,8 +622,8 @@ static void bwd_task(const att_ops *ops, float *dqkv, const float *dout, const f
                 D = Dq;
             }
             for (int r = 0; r < nq; r++) lse2[r] = lseh[q0 + r] * LOG2E;
-            pack_rows(Q, hdp, blk, qb + (size_t)q0 * C3, C3, nq, hd);
-            pack_rows(G, hdp, blk, gq, C, nq, hd);
+            ops->pack_rows(Q, hdp, blk, qb + (size_t)q0 * C3, C3, nq, hd);
+            ops->pack_rows(G, hdp, blk, gq, C, nq, hd);
             /* S = alpha Q K^T and dP = dO V^T, on the tiles with some key j <= query i */
             for (int c0 = 0; c0 < nk; c0 += NR) {
                 for (int r0 = diag ? c0 / MR * MR : 0; r0 < nq; r0 += MR)
@@ -583,14 +654,8 @@ static void bwd_task(const att_ops *ops, float *dqkv, const float *dout, const f
                             dS + (size_t)r0 * blk, blk, 1, K + c0, hdp,
                             dqb + (size_t)(q0 + r0) * C3 + c0, C3, MK_ADD, 1.0f, NULL);
         }
-        for (int j = 0; j < nk; j++) {
-            float *dk = dkb + (size_t)(k0 + j) * C3, *dv = dvb + (size_t)(k0 + j) * C3;
-            const float *sk = dK + (size_t)j * hdp, *sv = dV + (size_t)j * hdp;
-            for (int d = 0; d < hd; d++) {
-                dk[d] += sk[d];
-                dv[d] += sv[d];
-            }
-        }
+        ops->add_rows(dkb + (size_t)k0 * C3, C3, dK, hdp, nk, hd);
+        ops->add_rows(dvb + (size_t)k0 * C3, C3, dV, hdp, nk, hd);
     }
 }
 
