@@ -25,6 +25,8 @@
  * A product with at most SMALL_M rows (decoding) skips the packing and streams b once.
  * The fused residual is added to each block of c right after its last K slice, while the block is
  * still in cache: c = (sum + bias) + residual, the same bits as a separate residual_forward.
+ * The bias gradient (column sums of dout) is formed by the weight gradient's GEMM from its packed
+ * panels of dout, slice by slice, instead of another pass over dout.
  */
 #include "internal.h"
 #include <stdlib.h>
@@ -568,11 +570,44 @@ static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, co
     }
 }
 
+/* The column sums of b (K,N), the bias gradient of matmul_backward: bsum[j] += s_j of each
+   slice of kcb rows in turn, s_j summed over the slice's rows in order from 0. The GEMM below
+   forms the same sums from its packed B panels (panel_colsum), so the bits depend neither on
+   the path nor on the thread count. */
+static void panel_colsum(float *bsum, const float *pb, int kc, int nr) {
+    float s[NR];
+    for (int j = 0; j < NR; j++) s[j] = 0.0f;
+    for (int k = 0; k < kc; k++)
+        for (int j = 0; j < NR; j++) s[j] += pb[(size_t)k * NR + j];
+    for (int j = 0; j < nr; j++) bsum[j] += s[j];
+}
+
+static void colsum_slices(float *bsum, const float *b, size_t ldb, int K, int N) {
+    if (K <= 0 || N <= 0) return;
+    int kcb = cdiv(K, cdiv(K, KC)), nchunks = cdiv(N, 64); /* the GEMM's K slices */
+    PYLLM_PARALLEL_FOR_IF((double)K * N >= 65536.0)
+    for (int t = 0; t < nchunks; t++) { /* 64 columns (4 cache lines of a row) per task */
+        int j0 = t * 64, nj = imin(64, N - j0);
+        for (int k0 = 0; k0 < K; k0 += kcb) {
+            float s[64];
+            for (int j = 0; j < nj; j++) s[j] = 0.0f;
+            for (int k = k0; k < imin(K, k0 + kcb); k++)
+                for (int j = 0; j < nj; j++) s[j] += b[(size_t)k * ldb + j0 + j];
+            for (int j = 0; j < nj; j++) bsum[j0 + j] += s[j];
+        }
+    }
+}
+
 /* c (M,N) = op(a) @ op(b) (+ c when accumulate; + bias (N) when bias, which needs !accumulate)
-   (+ resid (M,N), row stride ldc, not overlapping c) */
+   (+ resid (M,N), row stride ldc, not overlapping c); bsum (N), when given, += the column sums
+   of b (not transposed), as colsum_slices */
 static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int trans_a,
                         const float *b, size_t ldb, int trans_b, float *c, size_t ldc,
-                        int accumulate, const float *bias, const float *resid) {
+                        int accumulate, const float *bias, const float *resid, float *bsum) {
+    if (bsum && (M <= SMALL_M || trans_b)) { /* the paths that do not pack b by rows */
+        colsum_slices(bsum, b, ldb, K, N);
+        bsum = NULL;
+    }
     if (M <= 0 || N <= 0) return PYLLM_OK;
     if (K <= 0) {
         if (!accumulate)
@@ -662,6 +697,9 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                                           imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
+                    for (int p = 0; bsum && p < p1 - p0; p++)
+                        panel_colsum(bsum + j0 + jc0 + p * NR, bp + (size_t)p * NR * kc, kc,
+                                     imin(NR, ncc - p * NR));
                     int first = kb == 0 && !accumulate, last = kb == nkb - 1;
                     if (nmb == 1) {
                         if (q0 < q1)
@@ -706,9 +744,16 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                             pack_b_rows(bpack, b, ldb, j0, nc, k0, kc, t * 8,
                                         imin(kc, t * 8 + 8));
                     }
-                    /* implicit barrier: B is packed. Then each row block, any thread: */
+                    /* implicit barrier: B is packed. Then each row block, any thread (and
+                       first, as task -1, the column sums of the block) */
                     OMP_FOR_DYNAMIC
-                    for (int u = 0; u < nmb; u++) {
+                    for (int u = bsum ? -1 : 0; u < nmb; u++) {
+                        if (u < 0) {
+                            for (int p = 0; p < npan; p++)
+                                panel_colsum(bsum + j0 + p * NR, bpack + (size_t)p * NR * kc, kc,
+                                             imin(NR, nc - p * NR));
+                            continue;
+                        }
                         int i0 = u * mcb, mc = imin(mcb, M - i0);
                         float *ci = c + (size_t)i0 * ldc + j0;
                         pack_a(&kern, apriv, a, lda, trans_a, i0, mc, k0, kc);
@@ -730,7 +775,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
 int pyllm_sgemm(int M, int N, int K, const float *a, int lda, int trans_a, const float *b,
                 int ldb, int trans_b, float *c, int ldc, int accumulate) {
     return sgemm_packed(M, N, K, a, (size_t)lda, trans_a, b, (size_t)ldb, trans_b, c,
-                        (size_t)ldc, accumulate, NULL, NULL);
+                        (size_t)ldc, accumulate, NULL, NULL, NULL);
 }
 
 int gemm(float *c, const float *a, const float *b, int M, int N, int K,
@@ -748,7 +793,7 @@ int matmul_forward(float *out, const float *inp, const float *weight, const floa
     if (N < 0 || C < 0 || OC < 0) return PYLLM_ERR_SIZE;
     /* the bias is added when each tile is first stored: bias + sum, as if preloaded */
     return sgemm_packed(N, OC, C, inp, (size_t)C, 0, weight, (size_t)OC, 0, out, (size_t)OC, 0,
-                        bias, residual);
+                        bias, residual, NULL);
 }
 
 /* dinp, inp (N,C); dweight, weight (C,OC); dbias (OC); dout (N,OC) */
@@ -759,23 +804,11 @@ int matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout
     int rc;
     if (dinp && (rc = pyllm_sgemm(N, C, OC, dout, OC, 0, weight, OC, 1, dinp, C, 1)) != PYLLM_OK)
         return rc;
-    if (dweight &&
-        (rc = pyllm_sgemm(C, OC, N, inp, C, 1, dout, OC, 0, dweight, OC, 1)) != PYLLM_OK)
-        return rc;
-    if (dbias) {
-        const int CB = 64;
-        int nslices = (OC + CB - 1) / CB;
-        PYLLM_PARALLEL_FOR
-        for (int s = 0; s < nslices; s++) {
-            int c0 = s * CB, c1 = c0 + CB < OC ? c0 + CB : OC;
-            float acc[64];
-            for (int j = 0; j < CB; j++) acc[j] = 0.0f;
-            for (int i = 0; i < N; i++) {
-                const float *g = dout + (size_t)i * OC;
-                for (int j = c0; j < c1; j++) acc[j - c0] += g[j];
-            }
-            for (int j = c0; j < c1; j++) dbias[j] += acc[j - c0];
-        }
-    }
+    /* dbias: the column sums of dout, formed by the weight gradient's GEMM from its packed
+       panels of dout (or alone, without dweight), in slices of K rows (colsum_slices) */
+    if (dweight)
+        return sgemm_packed(C, OC, N, inp, (size_t)C, 1, dout, (size_t)OC, 0, dweight,
+                            (size_t)OC, 1, NULL, NULL, dbias);
+    if (dbias) colsum_slices(dbias, dout, (size_t)OC, N, OC);
     return PYLLM_OK;
 }
