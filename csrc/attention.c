@@ -427,10 +427,13 @@ static void pack_trans_c(float *dst, int ld, const float *src, size_t ss, int nr
             for (int j = nr; j < ld; j++) dst[(size_t)d * ld + j] = 0.0f;
 }
 
-/* dst[j*ds + d] += src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
-static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd) {
+/* dst[j*ds + d] (+)= src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
+static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
+                       int accumulate) {
     for (int j = 0; j < n; j++)
-        for (int d = 0; d < hd; d++) dst[(size_t)j * ds + d] += src[(size_t)j * ss + d];
+        for (int d = 0; d < hd; d++)
+            dst[(size_t)j * ds + d] = (accumulate ? dst[(size_t)j * ds + d] : 0.0f)
+                                      + src[(size_t)j * ss + d];
 }
 
 #ifdef ATT_AVX2
@@ -475,11 +478,17 @@ static void pack_trans_avx2(float *dst, int ld, const float *src, size_t ss, int
 }
 
 __attribute__((target("avx2,fma")))
-static void add_rows_avx2(float *dst, size_t ds, const float *src, size_t ss, int n, int hd) {
+static void add_rows_avx2(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
+                          int accumulate) {
     for (int j = 0; j < n; j++) {
         float *dj = dst + (size_t)j * ds;
         const float *sj = src + (size_t)j * ss;
         int d = 0;
+        if (!accumulate) {
+            for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(dj + d, _mm256_loadu_ps(sj + d));
+            for (; d < hd; d++) dj[d] = sj[d];
+            continue;
+        }
         for (; d + 8 <= hd; d += 8)
             _mm256_storeu_ps(dj + d, _mm256_add_ps(_mm256_loadu_ps(dj + d),
                                                    _mm256_loadu_ps(sj + d)));
@@ -500,7 +509,8 @@ typedef struct {
     float (*dot)(const float *a, const float *b, int n);
     void (*pack_rows)(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd);
     void (*pack_trans)(float *dst, int ld, const float *src, size_t ss, int nr, int hd);
-    void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int n, int hd);
+    void (*add_rows)(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
+                     int accumulate);
 } att_ops;
 
 static att_ops select_ops(void) {
@@ -595,7 +605,7 @@ static void row_dots(const att_ops *ops, float *d, const float *g, const float *
  * ------------------------------------------------------------------------------------------- */
 static void bwd_task(const att_ops *ops, float *dqkv, const float *dout, const float *qkv,
                      const float *out, const float *lse, int b, int h, int T, int C, int NH,
-                     int hd, int hdp, int blk) {
+                     int hd, int hdp, int blk, int accumulate) {
     float KT[TILE], VT[TILE], K[TILE], dK[TILE], dV[TILE];
     float Q[TILE], G[TILE], P[TILE], dS[TILE];
     float lse2[64], Dq[64], Dh[DMAX];
@@ -647,15 +657,17 @@ static void bwd_task(const att_ops *ops, float *dqkv, const float *dout, const f
                             MK_ADD, 1.0f, NULL);
                 }
             }
-            /* dQ += dS K, straight into dqkv */
+            /* dQ += dS K, straight into dqkv (the first key block sets it, unless accumulating:
+               every query row sees key block 0) */
             for (int c0 = 0; c0 < hd; c0 += NR)
                 for (int r0 = 0; r0 < nq; r0 += MR)
                     ops->mk(imin(MR, nq - r0), imin(NR, hd - c0), diag ? imin(nk, r0 + MR) : nk,
                             dS + (size_t)r0 * blk, blk, 1, K + c0, hdp,
-                            dqb + (size_t)(q0 + r0) * C3 + c0, C3, MK_ADD, 1.0f, NULL);
+                            dqb + (size_t)(q0 + r0) * C3 + c0, C3,
+                            accumulate || kj > 0 ? MK_ADD : MK_SET, 1.0f, NULL);
         }
-        ops->add_rows(dkb + (size_t)k0 * C3, C3, dK, hdp, nk, hd);
-        ops->add_rows(dvb + (size_t)k0 * C3, C3, dV, hdp, nk, hd);
+        ops->add_rows(dkb + (size_t)k0 * C3, C3, dK, hdp, nk, hd, accumulate);
+        ops->add_rows(dvb + (size_t)k0 * C3, C3, dV, hdp, nk, hd, accumulate);
     }
 }
 
@@ -697,11 +709,17 @@ static float attend_row(const att_ops *ops, float *o, const float *q, const floa
 
 /* the plain backward of one head */
 static void bwd_plain(float *dqkv, const float *dout, const float *qkv, const float *out,
-                      const float *lse, int b, int h, int T, int C, int NH, int hd) {
+                      const float *lse, int b, int h, int T, int C, int NH, int hd,
+                      int accumulate) {
     float scale = 1.0f / sqrtf((float)hd);
     size_t C3 = (size_t)3 * C, off = (size_t)b * T * C3 + (size_t)h * hd;
     const float *qb = qkv + off, *kb = qkv + off + C, *vb = qkv + off + 2 * (size_t)C;
     float *dqb = dqkv + off, *dkb = dqkv + off + C, *dvb = dqkv + off + 2 * (size_t)C;
+    if (!accumulate) /* the head's dq, dk, dv columns start from 0 */
+        for (int t = 0; t < T; t++) {
+            size_t r = (size_t)t * C3;
+            for (int d = 0; d < hd; d++) dqb[r + d] = dkb[r + d] = dvb[r + d] = 0.0f;
+        }
     for (int t = 0; t < T; t++) {
         size_t ro = ((size_t)b * T + t) * C + (size_t)h * hd;
         const float *g = dout + ro, *q = qb + (size_t)t * C3;
@@ -757,9 +775,9 @@ int attention_forward(float *out, float *lse, const float *qkv, int B, int T, in
     return PYLLM_OK;
 }
 
-/* dqkv (B,T,3C); dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T) */
+/* dqkv (B,T,3C) (+)= gradient; dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T) */
 int attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
-                       const float *lse, int B, int T, int C, int NH) {
+                       const float *lse, int B, int T, int C, int NH, int accumulate) {
     if (!dqkv || !dout || !qkv || !out || !lse) return PYLLM_ERR_NULL;
     if (B < 0 || T < 0 || NH < 1 || C < NH || C % NH != 0) return PYLLM_ERR_SIZE;
     int hd = C / NH, BH = B * NH, hdp = pad_hd(hd), blk = block_for(hdp);
@@ -767,9 +785,10 @@ int attention_backward(float *dqkv, const float *dout, const float *qkv, const f
     PYLLM_PARALLEL_FOR_DYNAMIC
     for (int bh = 0; bh < BH; bh++) {
         if (blk == 0)
-            bwd_plain(dqkv, dout, qkv, out, lse, bh / NH, bh % NH, T, C, NH, hd);
+            bwd_plain(dqkv, dout, qkv, out, lse, bh / NH, bh % NH, T, C, NH, hd, accumulate);
         else
-            bwd_task(&ops, dqkv, dout, qkv, out, lse, bh / NH, bh % NH, T, C, NH, hd, hdp, blk);
+            bwd_task(&ops, dqkv, dout, qkv, out, lse, bh / NH, bh % NH, T, C, NH, hd, hdp, blk,
+                     accumulate);
     }
     return PYLLM_OK;
 }

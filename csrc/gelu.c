@@ -32,29 +32,35 @@ VM_INLINE void gelu_forward_block(float *out, const float *inp, size_t n) {
     }
 }
 
-VM_INLINE void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i], zq2;
-        float s = gelu_gate(x, &zq2);
-        float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
-        float grad = s + 2.0f * x * zq2 * du;
-        dinp[i] += grad * dout[i];
-    }
+VM_INLINE float gelu_grad(float x) {
+    float zq2;
+    float s = gelu_gate(x, &zq2);
+    float du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+    return s + 2.0f * x * zq2 * du;
+}
+
+VM_INLINE void gelu_backward_block(float *dinp, const float *inp, const float *dout, size_t n,
+                                   int accumulate) {
+    if (accumulate)
+        for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+    else
+        for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
 }
 
 static void gelu_forward_c(float *out, const float *inp, size_t n) {
     gelu_forward_block(out, inp, n);
 }
-static void gelu_backward_c(float *dinp, const float *inp, const float *dout, size_t n) {
-    gelu_backward_block(dinp, inp, dout, n);
+static void gelu_backward_c(float *dinp, const float *inp, const float *dout, size_t n,
+                            int accumulate) {
+    gelu_backward_block(dinp, inp, dout, n, accumulate);
 }
 #if VM_HAVE_AVX2
 VM_TARGET_AVX2 static void gelu_forward_avx2(float *out, const float *inp, size_t n) {
     gelu_forward_block(out, inp, n);
 }
 VM_TARGET_AVX2 static void gelu_backward_avx2(float *dinp, const float *inp, const float *dout,
-                                              size_t n) {
-    gelu_backward_block(dinp, inp, dout, n);
+                                              size_t n, int accumulate) {
+    gelu_backward_block(dinp, inp, dout, n, accumulate);
 }
 #define PICK(name) (vm_use_avx2() ? name##_avx2 : name##_c)
 #else
@@ -76,17 +82,17 @@ int gelu_forward(float *out, const float *inp, int64_t n) {
     return PYLLM_OK;
 }
 
-/* dinp, inp, dout (n); dinp += dout * gelu'(inp) */
-int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n) {
+/* dinp, inp, dout (n); dinp (+)= dout * gelu'(inp) */
+int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n, int accumulate) {
     if (!dinp || !inp || !dout) return PYLLM_ERR_NULL;
     if (n < 0) return PYLLM_ERR_SIZE;
-    void (*block)(float *, const float *, const float *, size_t) = PICK(gelu_backward);
+    void (*block)(float *, const float *, const float *, size_t, int) = PICK(gelu_backward);
     int nb = pyllm_nblocks(n);
     PYLLM_PARALLEL_FOR_IF(nb > 1)
     for (int blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * PYLLM_FLAT_BLOCK;
         size_t i1 = i0 + PYLLM_FLAT_BLOCK < (size_t)n ? i0 + PYLLM_FLAT_BLOCK : (size_t)n;
-        block(dinp + i0, inp + i0, dout + i0, i1 - i0);
+        block(dinp + i0, inp + i0, dout + i0, i1 - i0, accumulate);
     }
     return PYLLM_OK;
 }

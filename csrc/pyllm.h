@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 2
+#define PYLLM_ABI_VERSION 3
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -67,7 +67,8 @@ int gemm(float *c, const float *a, const float *b, int M, int N, int K,
 
 /* gelu.c (tanh approximation): out, inp (n) */
 int gelu_forward(float *out, const float *inp, int64_t n);
-int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+/* dinp (n) = dout * gelu'(inp), added to dinp when accumulate (else dinp is only written) */
+int gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n, int accumulate);
 
 /* residual.c: out = inp1 + inp2; backward dinp1 += dout, dinp2 += dout (n) */
 int residual_forward(float *out, const float *inp1, const float *inp2, int64_t n);
@@ -86,9 +87,10 @@ int crossentropy_backward(float *dlogits, const float *logits, const int32_t *ta
    qkv (B,T,3C) holds q | k | v; out (B,T,C); lse (B,NH,T) the log-sum-exp of each query's
    scaled scores, saved for the backward pass (which recomputes the probabilities). */
 int attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH);
-/* dqkv (B,T,3C) += gradient; dout, out (B,T,C); lse (B,NH,T) */
+/* dqkv (B,T,3C) = gradient, added to dqkv when accumulate (else only written); dout, out (B,T,C);
+   lse (B,NH,T) */
 int attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
-                       const float *lse, int B, int T, int C, int NH);
+                       const float *lse, int B, int T, int C, int NH, int accumulate);
 /* one decode step at position pos: qkv (B,3C) of the new token; kcache, vcache (B,NH,maxT,hd)
    get its k, v at pos; out (B,C) attends over positions 0..pos */
 int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,

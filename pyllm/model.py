@@ -332,8 +332,7 @@ class GPT:
             if not a["gelu_kept"]:
                 ops.gelu_forward(l["fch_gelu"], l["fch"])             # recompute
             self._linear_backward(d_gelu, p + "mlp.c_proj", dres, l["fch_gelu"])
-            d_fch.fill(0.0)
-            ops.gelu_backward(d_fch, l["fch"], d_gelu)
+            ops.gelu_backward(d_fch, l["fch"], d_gelu, accumulate=False)
             self._linear_backward(d_ln2, p + "mlp.c_fc", d_fch, l["ln_2"])
             ops.layernorm_backward(dres, G[p + "ln_2.weight"], G[p + "ln_2.bias"], d_ln2,
                                    l["res_2"], P[p + "ln_2.weight"], l["ln_2_mean"],
@@ -341,8 +340,8 @@ class GPT:
             # attention: res_2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
             d_atty, d_qkv, d_ln1 = a["dC"], a["d3C"], a["dC2"]
             self._linear_backward(d_atty, p + "attn.c_proj", dres, l["atty"])
-            d_qkv.fill(0.0)
-            ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH)
+            ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH,
+                                   accumulate=False)
             self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
             ops.layernorm_backward(dres, G[p + "ln_1.weight"], G[p + "ln_1.bias"], d_ln1,
                                    x_in, P[p + "ln_1.weight"], l["ln_1_mean"], l["ln_1_rstd"])

@@ -70,8 +70,11 @@ def case_gelu_forward(rng, n):
     return "gelu_forward", [nan(n), f32(rng, n, scale=3.0)], [0], 2e-6
 
 
-def case_gelu_backward(rng, n):
-    return "gelu_backward", [f32(rng, n), f32(rng, n, scale=3.0), f32(rng, n)], [0], 5e-6
+def case_gelu_backward(rng, n, accumulate=True):
+    # accumulate=False must overwrite dinp without reading it: it starts as NaN
+    dinp = f32(rng, n) if accumulate else nan(n)
+    args = [dinp, f32(rng, n, scale=3.0), f32(rng, n)] + [False] * (not accumulate)
+    return "gelu_backward", args, [0], 5e-6
 
 
 def case_residual_forward(rng, n):
@@ -107,12 +110,13 @@ def case_attention_forward(rng, B, T, C, NH):
             2e-5)
 
 
-def case_attention_backward(rng, B, T, C, NH):
+def case_attention_backward(rng, B, T, C, NH, accumulate=True):
     qkv = f32(rng, B, T, 3 * C)
     out, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
     npk.attention_forward(out, lse, qkv, NH)
-    return ("attention_backward", [f32(rng, B, T, 3 * C), f32(rng, B, T, C), qkv, out, lse, NH],
-            [0], 5e-5)
+    dqkv = f32(rng, B, T, 3 * C) if accumulate else nan(B, T, 3 * C)  # NaN: must not be read
+    return ("attention_backward", [dqkv, f32(rng, B, T, C), qkv, out, lse, NH]
+            + [False] * (not accumulate), [0], 5e-5)
 
 
 def case_attention_decode(rng, B, pos, C, NH, maxT=None):
@@ -149,6 +153,7 @@ CASES = [
     (case_gemm, (64, 1000, 128, False, True, False)),
     *[(case_gelu_forward, (n,)) for n in (1, 7, 16385, 100003)],
     *[(case_gelu_backward, (n,)) for n in (1, 7, 16385, 100003)],
+    *[(case_gelu_backward, (n, False)) for n in (1, 7, 100003)],  # overwrite, not add
     *[(case_residual_forward, (n,)) for n in (1, 7, 100003)],
     *[(case_residual_backward, (n,)) for n in (1, 7, 100003)],
     *[(case_softmax_forward, s) for s in [(1, 1), (3, 7), (17, 65), (64, 50257)]],
@@ -158,7 +163,12 @@ CASES = [
     *[(case_attention_forward, s) for s in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 17, 16, 2),
                                             (2, 64, 64, 4), (1, 129, 24, 3), (1, 300, 64, 2)]],
     *[(case_attention_backward, s) for s in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 17, 16, 2),
-                                             (2, 64, 64, 4), (1, 129, 24, 3), (1, 260, 64, 2)]],
+                                             (2, 64, 64, 4), (1, 129, 24, 3), (1, 260, 64, 2),
+                                             (1, 9, 600, 2)]],  # head size 300: the plain path
+    # overwriting dqkv: every (row, column) of it written, from the tiled and the plain path
+    *[(case_attention_backward, s + (False,)) for s in [(1, 1, 4, 1), (2, 7, 12, 3),
+                                                        (2, 64, 64, 4), (1, 129, 24, 3),
+                                                        (1, 260, 64, 2), (1, 9, 600, 2)]],
     *[(case_attention_decode, s) for s in [(1, 0, 4, 1), (2, 6, 12, 3), (1, 200, 64, 4),
                                            (3, 130, 48, 2, 140)]],
     *[(case_adamw_update, s) for s in [(1,), (7,), (100003,), (1000, 1), (1000, 50, 0.0)]],
@@ -444,7 +454,9 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_gelu_backward, (100003,)), (case_softmax_forward, (64, 999)),
                 (case_softmax_backward, (64, 999)), (case_crossentropy_forward, (64, 999)),
                 (case_crossentropy_backward, (64, 999)), (case_attention_forward, (2, 150, 64, 4)),
-                (case_attention_backward, (2, 150, 64, 4)), (case_attention_decode, (3, 40, 64, 4)),
+                (case_attention_backward, (2, 150, 64, 4)),
+                (case_attention_backward, (2, 150, 64, 4, False)),
+                (case_attention_decode, (3, 40, 64, 4)),
                 (case_adamw_update, (100003,)), (case_residual_forward, (100003,))]
 
 

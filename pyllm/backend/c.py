@@ -88,9 +88,9 @@ def gelu_forward(out, inp):
     _ok("gelu_forward", lib.gelu_forward(_f(out), _f(inp), n))
 
 
-def gelu_backward(dinp, inp, dout):
+def gelu_backward(dinp, inp, dout, accumulate=True):
     n = chk.elementwise(("dinp",), (dinp,), ("inp", "dout"), (inp, dout), DT)
-    _ok("gelu_backward", lib.gelu_backward(_f(dinp), _f(inp), _f(dout), n))
+    _ok("gelu_backward", lib.gelu_backward(_f(dinp), _f(inp), _f(dout), n, int(bool(accumulate))))
 
 
 def residual_forward(out, inp1, inp2):
@@ -135,10 +135,10 @@ def attention_forward(out, lse, qkv, n_head):
     _ok("attention_forward", lib.attention_forward(_f(out), _f(lse), _f(qkv), B, T, C, NH))
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head):
+def attention_backward(dqkv, dout, qkv, out, lse, n_head, accumulate=True):
     B, T, C, NH = chk.attention_backward(dqkv, dout, qkv, out, lse, n_head, DT)
     _ok("attention_backward", lib.attention_backward(_f(dqkv), _f(dout), _f(qkv), _f(out),
-                                                     _f(lse), B, T, C, NH))
+                                                     _f(lse), B, T, C, NH, int(bool(accumulate))))
 
 
 def attention_decode(out, kcache, vcache, qkv, pos, n_head):

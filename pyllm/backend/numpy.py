@@ -113,12 +113,15 @@ def gelu_forward(out, inp):
     out[...] = 0.5 * inp * (1.0 + np.tanh(GELU_K * (inp + 0.044715 * inp ** 3)))
 
 
-def gelu_backward(dinp, inp, dout):
-    """dinp += dout * d gelu / d inp."""
+def gelu_backward(dinp, inp, dout, accumulate=True):
+    """dinp += dout * d gelu / d inp; with ``accumulate=False`` dinp is overwritten (not read)."""
     chk.elementwise(("dinp",), (dinp,), ("inp", "dout"), (inp, dout), DT)
     th = np.tanh(GELU_K * (inp + 0.044715 * inp ** 3))
     grad = 0.5 * (1.0 + th) + 0.5 * inp * (1.0 - th * th) * GELU_K * (1.0 + 3 * 0.044715 * inp ** 2)
-    dinp += grad * dout
+    if accumulate:
+        dinp += grad * dout
+    else:
+        dinp[...] = grad * dout
 
 
 def residual_forward(out, inp1, inp2):
@@ -198,11 +201,14 @@ def attention_forward(out, lse, qkv, n_head):
     lse[...] = (m + np.log(l))[..., 0]
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head):
-    """Gradient of attention_forward, recomputing the probabilities from lse; adds into dqkv."""
+def attention_backward(dqkv, dout, qkv, out, lse, n_head, accumulate=True):
+    """Gradient of attention_forward, recomputing the probabilities from lse; adds into dqkv,
+    or overwrites it (without reading it) when ``accumulate=False``."""
     B, T, C, NH = chk.attention_backward(dqkv, dout, qkv, out, lse, n_head, DT)
     if B * T == 0:
         return
+    if not accumulate:
+        dqkv[...] = 0.0
     hd = C // NH
     q, k, v = _split_heads(qkv, NH)                                # (B,NH,T,hd)
     g = dout.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)           # (B,NH,T,hd)
