@@ -35,6 +35,8 @@
 #define MR 6     /* micro-tile rows: 6 x 2 ymm accumulators + 2 B vectors + 1 broadcast = 15 */
 #define NR 16    /* micro-tile columns: two 8-float vectors */
 #define KC 384   /* K slice: a B micro-panel (KC x NR x 4 = 24 KiB) stays in the 32 KiB L1d */
+#define KC_ONE 512 /* ... but a K up to this is one slice: one pass over c instead of two beats the
+                      L1 fit (~1% of a training step of config (a), with its K = 512 products) */
 #define MC 144   /* rows per A block: MC x KC x 4 = 216 KiB, inside the 512 KiB L2 */
 #define NC 4080  /* columns per B block: KC x NC x 4 ~ 6 MiB, shared by the threads in L3 */
 
@@ -65,6 +67,8 @@
 
 static int imin(int x, int y) { return x < y ? x : y; }
 static int cdiv(int x, int y) { return x / y + (x % y != 0); } /* x >= 0, y > 0 */
+/* the depth of the K slices of a product (K > 0): even, at most KC, or all of K up to KC_ONE */
+#define K_SLICE(K) ((K) <= KC_ONE ? (K) : cdiv((K), cdiv((K), KC)))
 
 /* ---------------------------------------------------------------------------------------------
  * Micro-kernels. Both compute the MR x NR tile acc = pa (MR x kc, packed k-major) @ pb (kc x NR,
@@ -584,7 +588,7 @@ static void panel_colsum(float *bsum, const float *pb, int kc, int nr) {
 
 static void colsum_slices(float *bsum, const float *b, size_t ldb, int K, int N) {
     if (K <= 0 || N <= 0) return;
-    int kcb = cdiv(K, cdiv(K, KC)), nchunks = cdiv(N, 64); /* the GEMM's K slices */
+    int kcb = K_SLICE(K), nchunks = cdiv(N, 64); /* the GEMM's K slices */
     PYLLM_PARALLEL_FOR_IF((double)K * N >= 65536.0)
     for (int t = 0; t < nchunks; t++) { /* 64 columns (4 cache lines of a row) per task */
         int j0 = t * 64, nj = imin(64, N - j0);
@@ -618,7 +622,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     }
     /* Block sizes: even splits of K, M and N rounded to the micro-tile. They depend on the shape
        only, except the M block of a thread-split-by-rows call, which does not change any sum. */
-    int nkb = cdiv(K, KC), kcb = cdiv(K, nkb);
+    int kcb = K_SLICE(K), nkb = cdiv(K, kcb);
     int nnb = cdiv(N, NC), ncb = cdiv(cdiv(N, nnb), NR) * NR;
     int nmb = cdiv(M, MC), mcb = cdiv(cdiv(M, nmb), MR) * MR;
     int nt = pyllm_nthreads();
