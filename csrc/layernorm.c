@@ -6,11 +6,15 @@
  *           dinp += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
  *
  * Row sums use VM_LANES float lanes combined in a fixed order (vecmath.h), so they vectorise.
- * Blocks of rows are split over threads. The parameter gradients are sums over rows: threads own
- * column slices of LN_CB columns and add the rows in order (float partial sums over LN_RB rows,
- * added in double), so the result does not depend on the thread count.
+ * Blocks of rows are split over threads. The parameter gradients are sums over rows, in a fixed
+ * order whatever the thread count: float partial sums over blocks of LN_RB rows (row by row),
+ * the blocks added in order in double. With dinp they are formed in the same pass over the rows
+ * (each task of LN_RB rows keeps its block's sums; then one pass over the columns adds them);
+ * without, or when the scratch cannot be allocated, threads own column slices of LN_CB columns
+ * and add the same blocks the same way -- identical bits.
  */
 #include "vecmath.h"
+#include <stdlib.h>
 
 #define LN_EPS 1e-5f
 #define LN_CB 32 /* columns per slice of the parameter-gradient reduction */
@@ -139,12 +143,21 @@ VM_INLINE void layernorm_rows(float *out, float *mean, float *rstd, const float 
     }
 }
 
+/* rows i0..i1-1 of dinp; with pw, pb (C each, zeroed) also the float sums over these rows of
+   g * xhat and g, row by row: one block of layernorm_param_slice, from the same pass */
 VM_INLINE void layernorm_backward_rows(float *dinp, const float *dout, const float *inp,
                                        const float *weight, const float *mean, const float *rstd,
-                                       int i0, int i1, int C) {
-    for (int i = i0; i < i1; i++)
-        layernorm_backward_row(dinp + (size_t)i * C, dout + (size_t)i * C, inp + (size_t)i * C,
-                               weight, mean[i], rstd[i], C);
+                                       int i0, int i1, int C, float *pw, float *pb) {
+    for (int i = i0; i < i1; i++) {
+        const float *g = dout + (size_t)i * C, *x = inp + (size_t)i * C;
+        float m = mean[i], r = rstd[i];
+        if (dinp) layernorm_backward_row(dinp + (size_t)i * C, g, x, weight, m, r, C);
+        if (pw)
+            for (int k = 0; k < C; k++) {
+                pw[k] += g[k] * ((x[k] - m) * r);
+                pb[k] += g[k];
+            }
+    }
 }
 
 /* the same code compiled twice: portable, and for AVX2+FMA (see vecmath.h) */
@@ -154,8 +167,8 @@ static void layernorm_rows_c(float *out, float *mean, float *rstd, const float *
 }
 static void layernorm_backward_rows_c(float *dinp, const float *dout, const float *inp,
                                       const float *weight, const float *mean, const float *rstd,
-                                      int i0, int i1, int C) {
-    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
+                                      int i0, int i1, int C, float *pw, float *pb) {
+    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pb);
 }
 static void layernorm_param_slice_c(float *dweight, float *dbias, const float *dout,
                                     const float *inp, const float *mean, const float *rstd,
@@ -171,8 +184,9 @@ VM_TARGET_AVX2 static void layernorm_rows_avx2(float *out, float *mean, float *r
 VM_TARGET_AVX2 static void layernorm_backward_rows_avx2(float *dinp, const float *dout,
                                                         const float *inp, const float *weight,
                                                         const float *mean, const float *rstd,
-                                                        int i0, int i1, int C) {
-    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
+                                                        int i0, int i1, int C, float *pw,
+                                                        float *pb) {
+    layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pb);
 }
 VM_TARGET_AVX2 static void layernorm_param_slice_avx2(float *dweight, float *dbias,
                                                       const float *dout, const float *inp,
@@ -207,14 +221,40 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
                        const float *rstd, int N, int C) {
     if (!dout || !inp || !weight || !mean || !rstd) return PYLLM_ERR_NULL;
     if (N < 0 || C < 1) return PYLLM_ERR_SIZE;
+    void (*rows)(float *, const float *, const float *, const float *, const float *,
+                 const float *, int, int, int, float *, float *) = PICK(layernorm_backward_rows);
+    int nblk = (N + LN_RB - 1) / LN_RB;
+    float *part = NULL; /* the fused path: (nblk, 2, C) float block sums */
+    if ((dweight || dbias) && dinp && nblk >= 4)
+        part = (float *)calloc((size_t)nblk * 2 * C, sizeof(float));
+    if (part) {
+        /* one pass: each task of LN_RB rows writes its rows of dinp and its block sums, which
+           are then added in block order in double -- the arithmetic of layernorm_param_slice */
+        PYLLM_PARALLEL_FOR
+        for (int bi = 0; bi < nblk; bi++) {
+            int i0 = bi * LN_RB, i1 = N - i0 > LN_RB ? i0 + LN_RB : N;
+            float *pw = part + (size_t)bi * 2 * C;
+            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pw + C);
+        }
+        PYLLM_PARALLEL_FOR_IF(C >= 256)
+        for (int c = 0; c < C; c++) {
+            double tw = 0.0, tb = 0.0;
+            for (int bi = 0; bi < nblk; bi++) {
+                tw += part[(size_t)bi * 2 * C + c];
+                tb += part[(size_t)bi * 2 * C + C + c];
+            }
+            if (dweight) dweight[c] += (float)tw;
+            if (dbias) dbias[c] += (float)tb;
+        }
+        free(part);
+        return PYLLM_OK;
+    }
     if (dinp) {
-        void (*rows)(float *, const float *, const float *, const float *, const float *,
-                     const float *, int, int, int) = PICK(layernorm_backward_rows);
         int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb;
         PYLLM_PARALLEL_FOR_IF(nb > 1)
         for (int b = 0; b < nb; b++) {
             int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
-            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C);
+            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, NULL, NULL);
         }
     }
     if (dweight || dbias) {

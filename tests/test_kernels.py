@@ -513,6 +513,47 @@ def test_fused_residual_same_bits_as_separate_add(cmod, rng, N, C, OC, threads):
     assert not np.array_equal(fused, plain)      # the residual was really added
 
 
+@pytest.mark.parametrize("N,C,OC", [(2048, 512, 128), (2048, 128, 512), (700, 3, 96),
+                                     (1000, 64, 1600), (5, 16, 16), (600, 200, 70)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dbias_same_bits_with_or_without_dweight(cmod, rng, N, C, OC, threads):
+    """dbias comes from the weight gradient's GEMM (its packed panels of dout) when dweight is
+    asked for, else from a pass of its own: both must sum in the same order, on every GEMM path
+    (row split, column split, few rows, several K slices)."""
+    dout, inp, w = f32(rng, N, OC), f32(rng, N, C), f32(rng, C, OC)
+    prev = pyllm.get_num_threads()
+    try:
+        pyllm.set_num_threads(threads)
+        db1 = f32(rng, OC)
+        db2 = db1.copy()
+        cmod.matmul_backward(None, np.zeros((C, OC), np.float32), db1, dout, inp, w)
+        cmod.matmul_backward(None, None, db2, dout, inp, w)
+    finally:
+        pyllm.set_num_threads(prev)
+    assert np.array_equal(db1, db2)
+
+
+@pytest.mark.parametrize("N,C", [(2048, 128), (300, 97), (513, 768), (64, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layernorm_param_grads_same_bits_with_or_without_dinp(cmod, rng, N, C, threads):
+    """With dinp, layernorm_backward sums the parameter gradients in the same pass over the rows;
+    without, in a pass of its own. The sums must be the same, bit for bit."""
+    x, w, dout = f32(rng, N, C, scale=3.0), f32(rng, C), f32(rng, N, C)
+    mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
+    cmod.layernorm_forward(np.empty_like(x), mean, rstd, x, w, f32(rng, C))
+    prev = pyllm.get_num_threads()
+    try:
+        pyllm.set_num_threads(threads)
+        got = []
+        for dinp in (np.zeros_like(x), None):
+            dw, db = np.ones(C, np.float32), np.ones(C, np.float32)
+            cmod.layernorm_backward(dinp, dw, db, dout, x, w, mean, rstd)
+            got.append((dw, db))
+    finally:
+        pyllm.set_num_threads(prev)
+    assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[1][1])
+
+
 def test_norm_squared_same_bits_any_thread_count(cmod, rng):
     x = f32(rng, 1000003)
     prev = pyllm.get_num_threads()
