@@ -49,10 +49,6 @@
 #define LOG2E 1.44269504088896341f
 #define LN2 0.693147180559945309f
 
-#ifdef PYLLM_X86_AVX2 /* internal.h: AVX2 functions can be compiled here */
-#define ATT_AVX2 1
-#endif
-
 static int imin(int a, int b) { return a < b ? a : b; }
 
 /* a . b over n floats, 8 partial sums (vectorisable), in a fixed order */
@@ -212,7 +208,7 @@ static float exp_row_c(float *x, int n, float m) {
     return sum;
 }
 
-#ifdef ATT_AVX2
+#ifdef PYLLM_X86_AVX2
 /* ---------------------------------------------------------------------------------------------
  * AVX2 + FMA versions.
  * exp2 (Cephes exp2f): x = n + f, n = round(x), |f| <= 1/2, 2^f = 1 + f P(f) with a degree-5 P,
@@ -398,7 +394,7 @@ static void mk_avx2(int m, int n, int kc, const float *a, size_t ars, size_t aks
 }
 #undef BC
 #undef FMA
-#endif /* ATT_AVX2 */
+#endif /* PYLLM_X86_AVX2 */
 
 /* ---------------------------------------------------------------------------------------------
  * Tile copies.
@@ -430,13 +426,14 @@ static void pack_trans_c(float *dst, int ld, const float *src, size_t ss, int nr
 /* dst[j*ds + d] (+)= src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
 static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
                        int accumulate) {
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < hd; d++)
-            dst[(size_t)j * ds + d] = (accumulate ? dst[(size_t)j * ds + d] : 0.0f)
-                                      + src[(size_t)j * ss + d];
+    for (int j = 0; j < n; j++) {
+        float *dj = dst + (size_t)j * ds;
+        const float *sj = src + (size_t)j * ss;
+        for (int d = 0; d < hd; d++) dj[d] = accumulate ? dj[d] + sj[d] : sj[d];
+    }
 }
 
-#ifdef ATT_AVX2
+#ifdef PYLLM_X86_AVX2
 /* the same three with 8-float moves (and 8 x 8 register transposes); scalar for the last
    hd % 8 columns */
 __attribute__((target("avx2,fma")))
@@ -523,7 +520,7 @@ static att_ops select_ops(void) {
     o.pack_rows = pack_rows_c;
     o.pack_trans = pack_trans_c;
     o.add_rows = add_rows_c;
-#ifdef ATT_AVX2
+#ifdef PYLLM_X86_AVX2
     if (pyllm_simd_level() == 1) {
         o.mk = mk_avx2;
         o.softmax_fwd = softmax_fwd_avx2;

@@ -40,10 +40,6 @@
 #define MC 144   /* rows per A block: MC x KC x 4 = 216 KiB, inside the 512 KiB L2 */
 #define NC 4080  /* columns per B block: KC x NC x 4 ~ 6 MiB, shared by the threads in L3 */
 
-#ifdef PYLLM_X86_AVX2 /* internal.h: AVX2 functions can be compiled here */
-#define PYLLM_AVX2_KERNEL 1
-#endif
-
 #ifdef _OPENMP
 /* a parallel region / loop over the local variable nt threads (none when nt == 1) */
 #define OMP_PARALLEL_NT _Pragma("omp parallel num_threads(nt) if(nt > 1)")
@@ -161,7 +157,7 @@ static void smallm_c(int M, int j0, int nj, int K, int kcb, const float *a, size
     }
 }
 
-#ifdef PYLLM_AVX2_KERNEL
+#ifdef PYLLM_X86_AVX2
 
 typedef float v8f __attribute__((vector_size(32)));
 /* the same vector for loads and stores at any float address, allowed to alias float */
@@ -333,7 +329,7 @@ int pyllm_simd_level(void) {
 }
 
 static smallm_fn select_smallm(void) {
-#ifdef PYLLM_AVX2_KERNEL
+#ifdef PYLLM_X86_AVX2
     if (pyllm_simd_level() == 1) return smallm_avx2;
 #endif
     return smallm_c;
@@ -385,7 +381,7 @@ typedef void (*pack_rows_fn)(float *dst, const float *const *src, int R, int nv,
 typedef void (*pack_at_fn)(float *pa, const float *a, size_t lda, int i0, int mc, int k0,
                            int kc);
 
-#ifdef PYLLM_AVX2_KERNEL
+#ifdef PYLLM_X86_AVX2
 /* pack_rows_c with R = MR or NR: 8 rows x 8 k at a time, transposed in registers (MR rows are
    padded to 8 with zeros; of each 8-float column the first MR go to the panel) */
 __attribute__((target("avx2,fma")))
@@ -461,7 +457,7 @@ static gemm_kernels select_kernels(void) {
     g.ukernel = ukernel_c;
     g.pack_rows = pack_rows_c;
     g.pack_at = pack_at_c;
-#ifdef PYLLM_AVX2_KERNEL
+#ifdef PYLLM_X86_AVX2
     if (pyllm_simd_level() == 1) {
         g.ukernel = ukernel_avx2;
         g.pack_rows = pack_rows_avx2;
@@ -560,18 +556,19 @@ static void add_block(float *c, const float *r, size_t ld, int m, int n) {
     }
 }
 
-/* c (mc, columns of panels p0..p1-1) [+]= the packed A block (mc x kc) @ those B panels; ncols is
-   the number of columns of c left from the start of the block (for the last, partial panel) */
+/* c (mc x ncols) [+]= the packed A block (mc x kc) @ the first cdiv(ncols, NR) panels at
+   bpack; then, when resid is given (after the last K slice), c += resid (same row stride) */
 static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, const float *bpack,
-                         int p0, int p1, int ncols, float *c, size_t ldc, int first,
-                         const float *bias) {
-    for (int p = p0; p < p1; p++) { /* one B micro-panel (L1) against every A micro-panel (L2) */
-        int j = p * NR, nr = imin(NR, ncols - j);
-        const float *pb = bpack + (size_t)p * NR * kc;
+                         int ncols, float *c, size_t ldc, int first, const float *bias,
+                         const float *resid) {
+    for (int j = 0; j < ncols; j += NR) { /* one B micro-panel (L1) against every A panel (L2) */
+        int nr = imin(NR, ncols - j);
+        const float *pb = bpack + (size_t)j * kc;
         for (int ip = 0; ip < mc; ip += MR)
             ukernel(kc, pa + (size_t)ip * kc, pb, c + (size_t)ip * ldc + j, ldc,
                     imin(MR, mc - ip), nr, first, bias ? bias + j : NULL);
     }
+    if (resid) add_block(c, resid, ldc, mc, ncols);
 }
 
 /* The column sums of b (K,N), the bias gradient of matmul_backward: bsum[j] += s_j of each
@@ -697,8 +694,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                     float *bp = bpack + bregion * tid;
                     if (trans_b)
                         for (int p = 0; p < p1 - p0; p++)
-                            pack_bt_panel(&kern, bp + (size_t)p * NR * kc, b, ldb, j0 + jc0 + p * NR,
-                                          imin(NR, ncc - p * NR), k0, kc);
+                            pack_bt_panel(&kern, bp + (size_t)p * NR * kc, b, ldb,
+                                          j0 + jc0 + p * NR, imin(NR, ncc - p * NR), k0, kc);
                     else if (p0 < p1)
                         pack_b_rows(bp, b, ldb, j0 + jc0, ncc, k0, kc, 0, kc);
                     for (int p = 0; bsum && p < p1 - p0; p++)
@@ -710,12 +707,9 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                             pack_a(&kern, ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
                                    imin(M, q1 * MR) - q0 * MR, k0, kc);
                         OMP_BARRIER /* the A block is packed */
-                        if (p0 < p1) {
-                            macro_kernel(ukernel, M, kc, ashared, bp, 0, p1 - p0, ncc,
-                                         c + j0 + jc0, ldc, first, bj);
-                            if (resid && last)
-                                add_block(c + j0 + jc0, resid + j0 + jc0, ldc, M, ncc);
-                        }
+                        if (p0 < p1)
+                            macro_kernel(ukernel, M, kc, ashared, bp, ncc, c + j0 + jc0, ldc,
+                                         first, bj, last && resid ? resid + j0 + jc0 : NULL);
                         OMP_BARRIER /* it may be overwritten */
                         continue;
                     }
@@ -723,10 +717,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                         int mc = imin(mcb, M - i0);
                         float *ci = c + (size_t)i0 * ldc + j0 + jc0;
                         pack_a(&kern, apriv, a, lda, trans_a, i0, mc, k0, kc);
-                        macro_kernel(ukernel, mc, kc, apriv, bp, 0, p1 - p0, ncc, ci, ldc, first,
-                                     bj);
-                        if (resid && last)
-                            add_block(ci, resid + (ci - c), ldc, mc, ncc);
+                        macro_kernel(ukernel, mc, kc, apriv, bp, ncc, ci, ldc, first, bj,
+                                     last && resid ? resid + (ci - c) : NULL);
                     }
                 }
             }
@@ -761,10 +753,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                         int i0 = u * mcb, mc = imin(mcb, M - i0);
                         float *ci = c + (size_t)i0 * ldc + j0;
                         pack_a(&kern, apriv, a, lda, trans_a, i0, mc, k0, kc);
-                        macro_kernel(ukernel, mc, kc, apriv, bpack, 0, npan, nc, ci, ldc, first,
-                                     bj);
-                        if (resid && last)
-                            add_block(ci, resid + (ci - c), ldc, mc, nc);
+                        macro_kernel(ukernel, mc, kc, apriv, bpack, nc, ci, ldc, first, bj,
+                                     last && resid ? resid + (ci - c) : NULL);
                     }
                     /* implicit barrier: the packed B block may be overwritten */
                 }

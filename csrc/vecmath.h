@@ -36,8 +36,8 @@
 #define VM_INLINE static inline
 #endif
 
-/* the same condition as matmul.c's AVX2 micro-kernel, under which pyllm_simd_level() can be 1 */
-#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+/* internal.h's condition for compiling AVX2 functions, under which pyllm_simd_level() can be 1 */
+#ifdef PYLLM_X86_AVX2
 #define VM_HAVE_AVX2 1
 #define VM_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
