@@ -659,7 +659,8 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
     }
     size_t bsize = (size_t)(npanels + nt) * NR * kcb; /* + room to split it by thread */
     size_t ablock = ((size_t)kcb * mcb + 15) & ~(size_t)15; /* keep blocks 64-byte aligned */
-    packbuf *buf = packbuf_get(bsize + (size_t)nt * ablock);
+    /* nt A blocks: one per thread, or the two shared ones of a split by columns */
+    packbuf *buf = packbuf_get(bsize + (size_t)(nt < 2 ? 2 : nt) * ablock);
     if (!buf) return PYLLM_ERR_NOMEM;
     float *bpack = buf->data, *ashared = buf->data + bsize;
     gemm_kernels kern = select_kernels();
@@ -670,7 +671,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         float *apriv = ashared + (size_t)THREAD_ID() * ablock;
         if (split_cols) {
             /* thread t owns column chunk t of every B block: it packs those B panels itself.
-               One row block is packed by the threads together, between two barriers (so every
+               One row block is packed by the threads together, then a barrier (so every
                thread runs every iteration below); several are packed by each thread into its
                own buffer, and no thread waits for another */
 #ifdef _OPENMP
@@ -680,6 +681,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
 #endif
             /* a region of the B buffer per thread, the same for every block */
             size_t bregion = (size_t)cdiv(npanels, nth) * NR * kcb;
+            int slice = 0; /* slices done, over all B blocks */
             int npa = cdiv(M, MR);
             int q0 = (int)((long long)npa * tid / nth);
             int q1 = (int)((long long)npa * (tid + 1) / nth);
@@ -703,15 +705,18 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
                                      imin(NR, ncc - p * NR));
                     int first = kb == 0 && !accumulate, last = kb == nkb - 1;
                     if (nmb == 1) {
+                        /* two A buffers, used in turn: a thread that packs slice s + 2 has
+                           passed the barrier of slice s + 1, which every thread reaches only
+                           after its macro-kernel of slice s, the last reader of that buffer */
+                        float *ash = ashared + (size_t)(slice++ & 1) * ablock;
                         if (q0 < q1)
-                            pack_a(&kern, ashared + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
+                            pack_a(&kern, ash + (size_t)q0 * MR * kc, a, lda, trans_a, q0 * MR,
                                    imin(M, q1 * MR) - q0 * MR, k0, kc);
                         OMP_BARRIER /* the A block is packed */
                         if (p0 < p1)
-                            macro_kernel(ukernel, M, kc, ashared, bp, ncc, c + j0 + jc0, ldc,
+                            macro_kernel(ukernel, M, kc, ash, bp, ncc, c + j0 + jc0, ldc,
                                          first, bj, last && resid ? resid + j0 + jc0 : NULL);
-                        OMP_BARRIER /* it may be overwritten */
-                        continue;
+                        continue; /* no barrier: the next slice packs into the other buffer */
                     }
                     for (int i0 = 0; p0 < p1 && i0 < M; i0 += mcb) {
                         int mc = imin(mcb, M - i0);
