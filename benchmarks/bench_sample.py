@@ -4,8 +4,11 @@
     python benchmarks/bench_sample.py --quick     # CI: a small model, few tokens
 
 Each implementation generates --tokens new tokens after a one-token prompt, with a KV cache,
-several times; tokens/s is the median (min-max). PyTorch runs the same GPT-2 model in eager mode
-with its own KV cache (torch.no_grad, torch.set_num_threads(threads)).
+--repeat times; tokens/s is the median (min-max). PyTorch runs the same GPT-2 model in eager mode
+with its own KV cache (torch.no_grad, torch.set_num_threads(threads)). The runs are interleaved
+(C, NumPy, PyTorch, C, ...; a pause after each, so no runtime's spinning threads are left over for
+the next), and each ratio is the median of the per-round ratios (min-max over the rounds): the
+machine's speed drifts, and this compares runs made a second apart.
 """
 import argparse
 import os
@@ -88,27 +91,37 @@ def main(argv=None):
     print("pyllm %s sampling benchmark: config %s (V%d L%d H%d C%d), batch 1, %d new tokens, "
           "%d threads; tokens/s median (min-max) of %d runs"
           % (pyllm.__version__, args.config, V, L, H, C, n, args.threads, args.repeat))
-    res = {}
-    for be in pyllm.available_backends():
+    def pyllm_run(be):
         pyllm.set_backend(be)
-        run = lambda: model.generate([[0]], n, temperature=1.0, seed=0)  # noqa: E731
-        run()
-        times = timed(run, args.repeat)
-        res["pyllm-" + be] = [n / t for t in times]
-        time.sleep(0.5)
-    pyllm.set_backend("auto")
+        model.generate([[0]], n, temperature=1.0, seed=0)
+
+    runs = {}  # name -> () -> None, each one generation of n tokens
+    for be in pyllm.available_backends():
+        runs["pyllm-" + be] = lambda be=be: pyllm_run(be)
     try:
         gen = torch_sampler(model, args.threads)
-        gen(0, 5)
-        res["torch"] = [n / t for t in timed(lambda: gen(0, n), args.repeat)]
+        runs["torch"] = lambda: gen(0, n)
     except ImportError:
         print("torch not importable: PyTorch peer skipped")
+    for fn in runs.values():  # warm-up
+        fn()
+        time.sleep(0.3)
+    res = {k: [] for k in runs}
+    for _ in range(args.repeat):
+        for k, fn in runs.items():
+            res[k].append(n / timed(fn, 1)[0])
+            time.sleep(0.3)  # let this runtime's threads stop spinning
+    pyllm.set_backend("auto")
     for k, v in res.items():
         print("%-14s %8.1f (%6.1f-%6.1f) tokens/s" % (k, np.median(v), min(v), max(v)))
     if "pyllm-c" in res:
-        c = np.median(res["pyllm-c"])
-        print("; ".join("pyllm-c is %.2fx %s" % (c / np.median(v), k)
-                        for k, v in res.items() if k != "pyllm-c"))
+        parts = []
+        for k, v in res.items():
+            if k != "pyllm-c":
+                ratios = [c / o for c, o in zip(res["pyllm-c"], v)]
+                parts.append("pyllm-c is %.2fx %s (rounds %.2f-%.2f)"
+                             % (np.median(ratios), k, min(ratios), max(ratios)))
+        print("; ".join(parts))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@
     python benchmarks/bench_train.py --quick         # CI: tiny shapes, few steps
 
 One training step = forward + backward + gradient clipping + AdamW, on random tokens. Every
-(config, implementation) pair runs in its own subprocess so that its peak RSS is its own; tokens
-per second are the median over the timed steps (min-max shown). PyTorch runs the same GPT-2 model
-(tied head, tanh-GELU, fused causal attention) with torch.set_num_threads(threads).
+(config, implementation) run is its own subprocess, so that its peak RSS is its own. PyTorch runs
+the same GPT-2 model (tied head, tanh-GELU, fused causal attention) with
+torch.set_num_threads(threads).
+
+The machine this was written for is shared and noisy: its speed drifts by 10-20% from one minute to
+the next. So C and PyTorch run in --rounds alternating rounds (C, PyTorch, C, PyTorch, ...; the
+NumPy backend, far behind, once), each row shows the median tokens/s over the timed steps of all
+rounds (min-max of the steps), and each ratio is the median over the rounds of that round's ratio
+of medians (min-max over the rounds), which compares runs made a few seconds apart.
 """
 import argparse
 import json
@@ -133,6 +139,8 @@ def main(argv=None):
     ap.add_argument("--impls", nargs="+", default=["c", "numpy", "torch"])
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default per config)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="alternating rounds of C and PyTorch (default 3; 1 with --quick)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
@@ -143,42 +151,78 @@ def main(argv=None):
         return child(args)
     if args.quick:
         args.configs, args.warmup = ["quick"], 1
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     try:
         import torch  # noqa: F401
         have_torch = True
     except ImportError:
         have_torch = False
     import pyllm
-    print("pyllm %s training benchmark, %d threads, tokens/s median (min-max) of timed steps, "
-          "peak RSS" % (pyllm.__version__, args.threads))
+    print("pyllm %s training benchmark, %d threads, %d round(s): tokens/s median (min-max) of the "
+          "timed steps, peak RSS" % (pyllm.__version__, args.threads, args.rounds))
     print("%-6s %-7s %26s %10s %10s" % ("config", "impl", "tokens/s", "RSS MiB", "loss"))
     for name in args.configs:
-        V, L, H, C, T, B = CONFIGS[name]
-        steps = args.steps or (3 if args.quick else {"a": 60, "b": 8, "c": 4}.get(name, 5))
-        res = {}
-        for impl in args.impls:
-            if impl == "torch" and not have_torch:
-                print("%-6s %-7s %26s" % (name, impl, "skipped (torch not importable)"))
+        bench_config(name, args, have_torch)
+    return 0
+
+
+def run_child(name, impl, steps, args):
+    """One subprocess run: {"times": [...], "loss": float, "rss_mib": float}, or an error string."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-config", name,
+           "--child-impl", impl, "--steps", str(steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return r.stderr.strip()[-500:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_config(name, args, have_torch):
+    V, L, H, C, T, B = CONFIGS[name]
+    steps = args.steps or (3 if args.quick else {"a": 60, "b": 8, "c": 4}.get(name, 5))
+    impls = [i for i in args.impls if i != "torch" or have_torch]
+    if "torch" in args.impls and not have_torch:
+        print("%-6s %-7s %26s" % (name, "torch", "skipped (torch not importable)"))
+    runs = {impl: [] for impl in impls}   # per impl: one result per round
+    failed = set()
+    for rnd in range(args.rounds):
+        for impl in impls:
+            if impl in failed or (impl == "numpy" and rnd > 0):  # NumPy: one round
                 continue
             n = steps if impl != "numpy" else max(2, steps // 3)
-            cmd = [sys.executable, os.path.abspath(__file__), "--child-config", name,
-                   "--child-impl", impl, "--steps", str(n), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads)]
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-                       OPENBLAS_NUM_THREADS=str(args.threads))
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                print("%-6s %-7s failed: %s" % (name, impl, r.stderr.strip()[-500:]))
+            out = run_child(name, impl, n, args)
+            if isinstance(out, str):
+                print("%-6s %-7s failed: %s" % (name, impl, out))
+                failed.add(impl)
                 continue
-            out = json.loads(r.stdout.strip().splitlines()[-1])
-            tps = [B * T / t for t in out["times"]]
-            res[impl] = float(np.median(tps))
-            print("%-6s %-7s %10.0f (%6.0f-%6.0f) %10.0f %10.4f" % (
-                name, impl, res[impl], min(tps), max(tps), out["rss_mib"], out["loss"]))
-            sys.stdout.flush()
-        if "c" in res:
-            parts = ["%s: C is %.2fx %s" % (name, res["c"] / res[k], k) for k in res if k != "c"]
-            print("  " + "; ".join(parts))
+            runs[impl].append(out)
+    med = {}
+    for impl in impls:
+        if not runs[impl]:
+            continue
+        tps = [B * T / t for out in runs[impl] for t in out["times"]]
+        med[impl] = [float(np.median([B * T / t for t in out["times"]])) for out in runs[impl]]
+        rss = max(out["rss_mib"] for out in runs[impl])
+        print("%-6s %-7s %10.0f (%6.0f-%6.0f) %10.0f %10.4f" % (
+            name, impl, float(np.median(tps)), min(tps), max(tps), rss, runs[impl][-1]["loss"]))
+    sys.stdout.flush()
+    if "c" in med:
+        parts = []
+        for k in med:
+            if k == "c":
+                continue
+            if len(med[k]) == len(med["c"]) > 1:  # round by round (PyTorch)
+                ratios = [c / o for c, o in zip(med["c"], med[k])]
+                parts.append("%s: C is %.2fx %s (rounds %.2f-%.2f)" % (
+                    name, float(np.median(ratios)), k, min(ratios), max(ratios)))
+            else:  # one run (NumPy): against the median of C's rounds
+                parts.append("%s: C is %.2fx %s" % (
+                    name, float(np.median(med["c"])) / float(np.median(med[k])), k))
+        print("  " + "; ".join(parts))
 
 
 if __name__ == "__main__":

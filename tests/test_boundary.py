@@ -125,6 +125,30 @@ def test_overlapping_output_rejected(kmod):
         kmod.attention_forward(out, np.empty((1, 1, 3), np.float32), qkv, 1)
 
 
+def test_overlap_found_whoever_owns_the_memory(kmod):
+    """Arrays of two NumPy allocations never overlap; anything else is compared by address."""
+    raw = bytearray(4 * 48)  # memory of a bytearray, not of a NumPy allocation
+    buf = np.frombuffer(raw, np.float32)
+    qkv, out = buf[:36].reshape(1, 3, 12), buf[30:42].reshape(1, 3, 4)
+    with pytest.raises(ValueError, match="out must not overlap qkv"):
+        kmod.attention_forward(out, np.empty((1, 1, 3), np.float32), qkv, 1)
+    x = f32(8, 4)
+    a, b = x[2:][1:5], x[:5][:4]  # views of views of one allocation, rows 3-6 and 0-3
+    with pytest.raises(ValueError, match="out must not overlap inp"):
+        kmod.gelu_forward(a, b)
+    expect = np.empty((4, 4), np.float32)
+    kmod.gelu_forward(expect, x[0:4].copy())
+    kmod.gelu_forward(x[4:8], x[0:4])  # the same allocation, apart: allowed
+    np.testing.assert_array_equal(x[4:8], expect)
+    y = x[0:4].copy()
+    kmod.gelu_forward(y, y)  # in place, exactly the same memory: allowed
+    np.testing.assert_array_equal(y, expect)
+    p = f32(9)
+    with pytest.raises(ValueError, match="m must not overlap v"):
+        kmod.adamw_update(p[:4], f32(4), p[4:8], p[5:9], lr=1e-3, beta1=0.9, beta2=0.99,
+                          eps=1e-8, weight_decay=0.0, step=1)
+
+
 def test_optimizer_hyperparameters_checked(kmod):
     p, g = f32(4), f32(4)
     m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
