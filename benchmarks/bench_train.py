@@ -193,7 +193,7 @@ def bench_config(name, args, have_torch):
         for impl in impls:
             if impl in failed or (impl == "numpy" and rnd > 0):  # NumPy: one round
                 continue
-            n = steps if impl != "numpy" else max(2, steps // 3)
+            n = steps if impl != "numpy" else max(3, steps // 3)
             out = run_child(name, impl, n, args)
             if isinstance(out, str):
                 print("%-6s %-7s failed: %s" % (name, impl, out))
