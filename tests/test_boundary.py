@@ -149,6 +149,34 @@ def test_overlap_found_whoever_owns_the_memory(kmod):
                           eps=1e-8, weight_decay=0.0, step=1)
 
 
+def test_row_kernels_in_place_or_apart(kmod):
+    """layernorm and softmax may overwrite their input exactly, never part of it."""
+    x = f32(5, 8)
+    w, b = f32(8), f32(8)
+    ln, sm = np.empty_like(x), np.empty_like(x)
+    kmod.layernorm_forward(ln, None, None, x, w, b)
+    kmod.softmax_forward(sm, x)
+    for fn, expect in ((lambda y: kmod.layernorm_forward(y, None, None, y, w, b), ln),
+                       (lambda y: kmod.softmax_forward(y, y), sm)):
+        y = x.copy()
+        fn(y)
+        np.testing.assert_array_equal(y, expect)
+    buf = f32(48)
+    with pytest.raises(ValueError, match="out must not overlap inp"):
+        kmod.layernorm_forward(buf[8:48].reshape(5, 8), None, None, buf[:40].reshape(5, 8), w, b)
+    with pytest.raises(ValueError, match="out must not overlap inp"):
+        kmod.softmax_forward(buf[1:41].reshape(5, 8), buf[:40].reshape(5, 8))
+    stats = f32(13)
+    with pytest.raises(ValueError, match="mean must not overlap inp"):
+        kmod.layernorm_forward(ln, buf[:5], None, buf[:40].reshape(5, 8), w, b)
+    with pytest.raises(ValueError, match="mean must not overlap rstd"):
+        kmod.layernorm_forward(ln, stats[:5], stats[4:9], x, w, b)
+    with pytest.raises(ValueError, match="dweight must not overlap dbias"):
+        g = f32(12)
+        kmod.layernorm_backward(np.empty_like(x), g[:8], g[4:12], f32(5, 8), x, w, f32(5),
+                                f32(5))
+
+
 def test_optimizer_hyperparameters_checked(kmod):
     p, g = f32(4), f32(4)
     m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)

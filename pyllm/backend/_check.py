@@ -173,7 +173,10 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, dt):
     farr("out", out, dt, shape=inp.shape, out=True, like=inp)
     farr("mean", mean, dt, shape=inp.shape[:-1], out=True, like=inp, optional=True)
     farr("rstd", rstd, dt, shape=inp.shape[:-1], out=True, like=inp, optional=True)
+    _same_or_apart("out", out, "inp", inp)  # row by row: in place is fine
     no_alias("out", out, weight=weight, bias=bias, mean=mean, rstd=rstd)
+    no_alias("mean", mean, inp=inp, weight=weight, bias=bias, rstd=rstd)
+    no_alias("rstd", rstd, inp=inp, weight=weight, bias=bias)
     return N, C
 
 
@@ -191,6 +194,8 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dt):
     farr("dbias", dbias, dt, shape=(C,), out=True, like=inp, optional=True)
     for name, g in (("dinp", dinp), ("dweight", dweight), ("dbias", dbias)):
         no_alias(name, g, dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd)
+    no_alias("dinp", dinp, dweight=dweight, dbias=dbias)
+    no_alias("dweight", dweight, dbias=dbias)
     return N, C
 
 
@@ -284,6 +289,7 @@ def softmax_forward(out, inp, dt):
     if V < 1:
         raise ValueError("softmax needs a non-empty last axis")
     farr("out", out, dt, shape=inp.shape, out=True, like=inp)
+    _same_or_apart("out", out, "inp", inp)  # row by row: in place is fine
     return N, V
 
 
