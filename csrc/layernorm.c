@@ -8,17 +8,14 @@
  * Row sums use VM_LANES float lanes combined in a fixed order (vecmath.h), so they vectorise.
  * Blocks of rows are split over threads. The parameter gradients are sums over rows, in a fixed
  * order whatever the thread count: float partial sums over blocks of LN_RB rows (row by row),
- * the blocks added in order in double. With dinp they are formed in the same pass over the rows
- * (each task of LN_RB rows keeps its block's sums; then one pass over the columns adds them);
- * without, or when the scratch cannot be allocated, threads own column slices of LN_CB columns
- * and add the same blocks the same way -- identical bits.
+ * formed in the same pass as dinp (each task of LN_RB rows keeps its block's sums in a scratch
+ * buffer), then the blocks added in order in double, column by column.
  */
 #include "vecmath.h"
 #include <stdlib.h>
 
 #define LN_EPS 1e-5f
-#define LN_CB 32 /* columns per slice of the parameter-gradient reduction */
-#define LN_RB 64 /* rows per float partial sum in that reduction */
+#define LN_RB 64 /* rows per task of the backward, and per float partial sum of dweight, dbias */
 
 /* sum of a[c] (sq == 0) or of (a[c] - m)^2 (sq == 1), in lanes (see vecmath.h) */
 VM_INLINE float lane_sum(const float *a, float m, int sq, int C) {
@@ -92,46 +89,6 @@ VM_INLINE void layernorm_backward_row(float *dx, const float *g, const float *x,
     }
 }
 
-/* dweight[c0..c0+nc) += sum_i g[i,c] * xhat[i,c], dbias likewise += sum_i g[i,c], nc <= LN_CB;
-   either output may be NULL. Rows are added in order: in float over blocks of LN_RB rows, the
-   block sums in double (accurate for many rows). */
-VM_INLINE void layernorm_param_slice(float *dweight, float *dbias, const float *dout,
-                                     const float *inp, const float *mean, const float *rstd,
-                                     int N, int C, int c0, int nc) {
-    double totw[LN_CB] = {0}, totb[LN_CB] = {0};
-    for (int i0 = 0; i0 < N; i0 += LN_RB) {
-        int i1 = N - i0 > LN_RB ? i0 + LN_RB : N;
-        float accw[LN_CB] = {0}, accb[LN_CB] = {0};
-        if (nc == LN_CB) { /* a full slice: fixed trip count, vectorised */
-            for (int i = i0; i < i1; i++) {
-                const float *x = inp + (size_t)i * C + c0, *g = dout + (size_t)i * C + c0;
-                float m = mean[i], r = rstd[i];
-                for (int k = 0; k < LN_CB; k++) {
-                    accw[k] += g[k] * ((x[k] - m) * r);
-                    accb[k] += g[k];
-                }
-            }
-        } else {
-            for (int i = i0; i < i1; i++) {
-                const float *x = inp + (size_t)i * C + c0, *g = dout + (size_t)i * C + c0;
-                float m = mean[i], r = rstd[i];
-                for (int k = 0; k < nc; k++) {
-                    accw[k] += g[k] * ((x[k] - m) * r);
-                    accb[k] += g[k];
-                }
-            }
-        }
-        for (int k = 0; k < LN_CB; k++) {
-            totw[k] += accw[k];
-            totb[k] += accb[k];
-        }
-    }
-    if (dweight)
-        for (int k = 0; k < nc; k++) dweight[c0 + k] += (float)totw[k];
-    if (dbias)
-        for (int k = 0; k < nc; k++) dbias[c0 + k] += (float)totb[k];
-}
-
 /* rows i0..i1-1; mean, rstd may be NULL */
 VM_INLINE void layernorm_rows(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int i0, int i1, int C) {
@@ -143,8 +100,8 @@ VM_INLINE void layernorm_rows(float *out, float *mean, float *rstd, const float 
     }
 }
 
-/* rows i0..i1-1 of dinp; with pw, pb (C each, zeroed) also the float sums over these rows of
-   g * xhat and g, row by row: one block of layernorm_param_slice, from the same pass */
+/* rows i0..i1-1 of dinp (if not NULL); with pw, pb (C each, zeroed) also the float sums over
+   these rows of g * xhat and g, row by row (one block of dweight's and dbias's sums) */
 VM_INLINE void layernorm_backward_rows(float *dinp, const float *dout, const float *inp,
                                        const float *weight, const float *mean, const float *rstd,
                                        int i0, int i1, int C, float *pw, float *pb) {
@@ -170,11 +127,6 @@ static void layernorm_backward_rows_c(float *dinp, const float *dout, const floa
                                       int i0, int i1, int C, float *pw, float *pb) {
     layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pb);
 }
-static void layernorm_param_slice_c(float *dweight, float *dbias, const float *dout,
-                                    const float *inp, const float *mean, const float *rstd,
-                                    int N, int C, int c0, int nc) {
-    layernorm_param_slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, nc);
-}
 #if VM_HAVE_AVX2
 VM_TARGET_AVX2 static void layernorm_rows_avx2(float *out, float *mean, float *rstd,
                                                const float *inp, const float *weight,
@@ -187,12 +139,6 @@ VM_TARGET_AVX2 static void layernorm_backward_rows_avx2(float *dinp, const float
                                                         int i0, int i1, int C, float *pw,
                                                         float *pb) {
     layernorm_backward_rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pb);
-}
-VM_TARGET_AVX2 static void layernorm_param_slice_avx2(float *dweight, float *dbias,
-                                                      const float *dout, const float *inp,
-                                                      const float *mean, const float *rstd,
-                                                      int N, int C, int c0, int nc) {
-    layernorm_param_slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, nc);
 }
 #define PICK(name) (vm_use_avx2() ? name##_avx2 : name##_c)
 #else
@@ -224,18 +170,18 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
     void (*rows)(float *, const float *, const float *, const float *, const float *,
                  const float *, int, int, int, float *, float *) = PICK(layernorm_backward_rows);
     int nblk = (N + LN_RB - 1) / LN_RB;
-    float *part = NULL; /* the fused path: (nblk, 2, C) float block sums */
-    if ((dweight || dbias) && dinp && nblk >= 4)
+    float *part = NULL; /* (nblk, 2, C): each block's float sums for dweight and dbias */
+    if (dweight || dbias) {
         part = (float *)calloc((size_t)nblk * 2 * C, sizeof(float));
-    if (part) {
-        /* one pass: each task of LN_RB rows writes its rows of dinp and its block sums, which
-           are then added in block order in double -- the arithmetic of layernorm_param_slice */
-        PYLLM_PARALLEL_FOR
-        for (int bi = 0; bi < nblk; bi++) {
-            int i0 = bi * LN_RB, i1 = N - i0 > LN_RB ? i0 + LN_RB : N;
-            float *pw = part + (size_t)bi * 2 * C;
-            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pw + C);
-        }
+        if (!part && nblk > 0) return PYLLM_ERR_NOMEM;
+    }
+    PYLLM_PARALLEL_FOR_IF(nblk > 1)
+    for (int bi = 0; bi < nblk; bi++) {
+        int i0 = bi * LN_RB, i1 = N - i0 > LN_RB ? i0 + LN_RB : N;
+        float *pw = part ? part + (size_t)bi * 2 * C : NULL;
+        rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, pw, pw ? pw + C : NULL);
+    }
+    if (part) { /* the block sums, added in block order in double */
         PYLLM_PARALLEL_FOR_IF(C >= 256)
         for (int c = 0; c < C; c++) {
             double tw = 0.0, tb = 0.0;
@@ -247,25 +193,6 @@ int layernorm_backward(float *dinp, float *dweight, float *dbias, const float *d
             if (dbias) dbias[c] += (float)tb;
         }
         free(part);
-        return PYLLM_OK;
-    }
-    if (dinp) {
-        int rb = vm_rows_per_task(C), nb = (N + rb - 1) / rb;
-        PYLLM_PARALLEL_FOR_IF(nb > 1)
-        for (int b = 0; b < nb; b++) {
-            int i0 = b * rb, i1 = N - i0 > rb ? i0 + rb : N;
-            rows(dinp, dout, inp, weight, mean, rstd, i0, i1, C, NULL, NULL);
-        }
-    }
-    if (dweight || dbias) {
-        void (*slice)(float *, float *, const float *, const float *, const float *,
-                      const float *, int, int, int, int) = PICK(layernorm_param_slice);
-        int nslices = (C + LN_CB - 1) / LN_CB;
-        PYLLM_PARALLEL_FOR
-        for (int s = 0; s < nslices; s++) {
-            int c0 = s * LN_CB;
-            slice(dweight, dbias, dout, inp, mean, rstd, N, C, c0, C - c0 < LN_CB ? C - c0 : LN_CB);
-        }
     }
     return PYLLM_OK;
 }

@@ -539,8 +539,8 @@ def test_dbias_same_bits_with_or_without_dweight(cmod, rng, N, C, OC, threads):
 @pytest.mark.parametrize("N,C", [(2048, 128), (300, 97), (513, 768), (64, 64)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layernorm_param_grads_same_bits_with_or_without_dinp(cmod, rng, N, C, threads):
-    """With dinp, layernorm_backward sums the parameter gradients in the same pass over the rows;
-    without, in a pass of its own. The sums must be the same, bit for bit."""
+    """layernorm_backward sums the parameter gradients in the pass over the rows that forms
+    dinp; without dinp the sums must be the same, bit for bit."""
     x, w, dout = f32(rng, N, C, scale=3.0), f32(rng, C), f32(rng, N, C)
     mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
     cmod.layernorm_forward(np.empty_like(x), mean, rstd, x, w, f32(rng, C))
