@@ -35,7 +35,7 @@
  * (libm exp2f) everywhere else; both use the same tiling. Head sizes above 256 take a plain
  * per-query path; the decode step streams the cache in blocks of DB keys.
  */
-#include "internal.h"
+#include "vecmath.h" /* VM_INLINE, VM_TARGET_AVX2: one body compiled twice */
 
 #define TILE 4096  /* floats in one stack tile: BLK x hdp (and BLK x BLK scores) */
 #define MR 4       /* micro-tile rows */
@@ -400,7 +400,8 @@ static void mk_avx2(int m, int n, int kc, const float *a, size_t ars, size_t aks
  * Tile copies.
  * ------------------------------------------------------------------------------------------- */
 /* dst (rows x ld): row r < nr, column d < hd from src[r*ss + d]; zero elsewhere (cols < ld) */
-static void pack_rows_c(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd) {
+VM_INLINE void copy_rows(float *dst, int ld, int rows, const float *src, size_t ss, int nr,
+                         int hd) {
     for (int r = 0; r < rows; r++) {
         float *dr = dst + (size_t)r * ld;
         int d = 0;
@@ -411,6 +412,38 @@ static void pack_rows_c(float *dst, int ld, int rows, const float *src, size_t s
         for (; d < ld; d++) dr[d] = 0.0f;
     }
 }
+
+/* dst[j*ds + d] (+)= src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
+VM_INLINE void put_rows(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
+                        int accumulate) {
+    for (int j = 0; j < n; j++) {
+        float *dj = dst + (size_t)j * ds;
+        const float *sj = src + (size_t)j * ss;
+        if (accumulate)
+            for (int d = 0; d < hd; d++) dj[d] += sj[d];
+        else
+            for (int d = 0; d < hd; d++) dj[d] = sj[d];
+    }
+}
+
+/* the row copies compiled twice (see vecmath.h): portable, and for AVX2 */
+static void pack_rows_c(float *dst, int ld, int rows, const float *src, size_t ss, int nr, int hd) {
+    copy_rows(dst, ld, rows, src, ss, nr, hd);
+}
+static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
+                       int accumulate) {
+    put_rows(dst, ds, src, ss, n, hd, accumulate);
+}
+#if VM_HAVE_AVX2
+VM_TARGET_AVX2 static void pack_rows_avx2(float *dst, int ld, int rows, const float *src,
+                                          size_t ss, int nr, int hd) {
+    copy_rows(dst, ld, rows, src, ss, nr, hd);
+}
+VM_TARGET_AVX2 static void add_rows_avx2(float *dst, size_t ds, const float *src, size_t ss,
+                                         int n, int hd, int accumulate) {
+    put_rows(dst, ds, src, ss, n, hd, accumulate);
+}
+#endif
 
 /* dst (hd x ld) = transpose: dst[d*ld + j] = src[j*ss + d] for j < nr; zero for nr <= j < ld */
 static void pack_trans_c(float *dst, int ld, const float *src, size_t ss, int nr, int hd) {
@@ -423,34 +456,8 @@ static void pack_trans_c(float *dst, int ld, const float *src, size_t ss, int nr
             for (int j = nr; j < ld; j++) dst[(size_t)d * ld + j] = 0.0f;
 }
 
-/* dst[j*ds + d] (+)= src[j*ss + d] for j < n, d < hd (a block's dK or dV into dqkv) */
-static void add_rows_c(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
-                       int accumulate) {
-    for (int j = 0; j < n; j++) {
-        float *dj = dst + (size_t)j * ds;
-        const float *sj = src + (size_t)j * ss;
-        for (int d = 0; d < hd; d++) dj[d] = accumulate ? dj[d] + sj[d] : sj[d];
-    }
-}
-
 #ifdef PYLLM_X86_AVX2
-/* the same three with 8-float moves (and 8 x 8 register transposes); scalar for the last
-   hd % 8 columns */
-__attribute__((target("avx2,fma")))
-static void pack_rows_avx2(float *dst, int ld, int rows, const float *src, size_t ss, int nr,
-                           int hd) {
-    for (int r = 0; r < rows; r++) {
-        float *dr = dst + (size_t)r * ld;
-        int d = 0;
-        if (r < nr) {
-            const float *sr = src + (size_t)r * ss;
-            for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(dr + d, _mm256_loadu_ps(sr + d));
-            for (; d < hd; d++) dr[d] = sr[d];
-        }
-        for (; d < ld; d++) dr[d] = 0.0f;
-    }
-}
-
+/* the transpose through 8 x 8 register blocks */
 __attribute__((target("avx2,fma")))
 static void pack_trans_avx2(float *dst, int ld, const float *src, size_t ss, int nr, int hd) {
     if (ld % 8 != 0) {
@@ -471,25 +478,6 @@ static void pack_trans_avx2(float *dst, int ld, const float *src, size_t ss, int
         for (int d = d8; d < hd; d++)
             for (int i = 0; i < 8; i++)
                 dst[(size_t)d * ld + j0 + i] = j0 + i < nr ? sj[(size_t)i * ss + d] : 0.0f;
-    }
-}
-
-__attribute__((target("avx2,fma")))
-static void add_rows_avx2(float *dst, size_t ds, const float *src, size_t ss, int n, int hd,
-                          int accumulate) {
-    for (int j = 0; j < n; j++) {
-        float *dj = dst + (size_t)j * ds;
-        const float *sj = src + (size_t)j * ss;
-        int d = 0;
-        if (!accumulate) {
-            for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(dj + d, _mm256_loadu_ps(sj + d));
-            for (; d < hd; d++) dj[d] = sj[d];
-            continue;
-        }
-        for (; d + 8 <= hd; d += 8)
-            _mm256_storeu_ps(dj + d, _mm256_add_ps(_mm256_loadu_ps(dj + d),
-                                                   _mm256_loadu_ps(sj + d)));
-        for (; d < hd; d++) dj[d] += sj[d];
     }
 }
 #endif
