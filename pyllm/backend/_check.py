@@ -94,19 +94,22 @@ def _owner(a):
     return a if a.flags.owndata else None
 
 
+def _overlaps(a, a_owner, b):
+    """Whether b may share memory with a, whose _owner is a_owner: two different NumPy
+    allocations never do; else the address ranges are compared."""
+    b_owner = _owner(b)
+    if a_owner is not None and b_owner is not None and a_owner is not b_owner:
+        return False
+    return np.may_share_memory(a, b)
+
+
 def no_alias(out_name, out_array, /, **inputs):
     """Refuse an output that overlaps an input: the kernel would read what it already wrote."""
     if out_array is None:
         return
     out_owner = _owner(out_array)
     for name, a in inputs.items():
-        if a is None:
-            continue
-        # two different NumPy allocations never overlap; else compare the address ranges
-        owner = _owner(a)
-        if out_owner is not None and owner is not None and owner is not out_owner:
-            continue
-        if np.may_share_memory(out_array, a):
+        if a is not None and _overlaps(out_array, out_owner, a):
             raise ValueError("%s must not overlap %s" % (out_name, name))
 
 
@@ -276,10 +279,7 @@ def _same_or_apart(name, a, other, b):
     """a and b (same shape, C-contiguous) are one memory or do not overlap."""
     if a is None or b is None or a is b:
         return
-    oa, ob = _owner(a), _owner(b)
-    if oa is not None and ob is not None and oa is not ob:
-        return
-    if np.may_share_memory(a, b) and a.ctypes.data != b.ctypes.data:
+    if _overlaps(a, _owner(a), b) and a.ctypes.data != b.ctypes.data:
         raise ValueError("%s must not overlap %s (unless it is the same memory)" % (name, other))
 
 
