@@ -1212,8 +1212,6 @@ def directory_with_a_pipe_and_a_dangling_link(be):
     assert "b_dangling.txt: cannot be read" in msgs[1]
 
 
-
-
 @pytest.mark.parametrize("content, match", [
     (b"", "the file is empty"),
     (b"\xef\xbb\xbf", "the file is empty"),  # only a byte-order mark
