@@ -571,10 +571,7 @@ static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, co
     if (resid) add_block(c, resid, ldc, mc, ncols);
 }
 
-/* The column sums of b (K,N), the bias gradient of matmul_backward: bsum[j] += s_j of each
-   slice of kcb rows in turn, s_j summed over the slice's rows in order from 0. The GEMM below
-   forms the same sums from its packed B panels (panel_colsum), so the bits depend neither on
-   the path nor on the thread count. */
+/* bsum[j] (j < nr) += the sum over k < kc of one packed B panel's column j, in order from 0 */
 static void panel_colsum(float *bsum, const float *pb, int kc, int nr) {
     float s[NR];
     for (int j = 0; j < NR; j++) s[j] = 0.0f;
@@ -583,6 +580,10 @@ static void panel_colsum(float *bsum, const float *pb, int kc, int nr) {
     for (int j = 0; j < nr; j++) bsum[j] += s[j];
 }
 
+/* The column sums of b (K,N), the bias gradient of matmul_backward: bsum[j] += s_j of each
+   slice of kcb rows in turn, s_j summed over the slice's rows in order from 0. The GEMM below
+   forms the same sums from its packed B panels (panel_colsum), so the bits depend neither on
+   the path nor on the thread count. */
 static void colsum_slices(float *bsum, const float *b, size_t ldb, int K, int N) {
     if (K <= 0 || N <= 0) return;
     int kcb = K_SLICE(K), nchunks = cdiv(N, 64); /* the GEMM's K slices */
