@@ -148,6 +148,9 @@ CASES = [
                                          (200, 1000, 64, True, True)]],
     *[(case_matmul_backward, s) for s in [(1, 1, 1), (7, 13, 17), (33, 64, 97), (257, 129, 65),
                                           (300, 384, 1536)]],
+    # weight gradients with a K-split (few rows of dweight, 4 or more K slices; odd: 5 -> 6)
+    *[(case_matmul_backward, s) for s in [(1500, 100, 300), (1900, 257, 40)]],
+    *[(case_gemm, (130, 70, 1700, True, False, acc)) for acc in (False, True)],
     *[(case_gemm, (M, N, K, ta, tb, acc)) for (M, N, K) in [(1, 1, 1), (5, 7, 3), (37, 19, 129)]
       for ta in (False, True) for tb in (False, True) for acc in (False, True)],
     (case_gemm, (64, 1000, 128, False, True, False)),
@@ -447,6 +450,8 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_matmul_forward, (1, 384, 1152)), (case_gemm, (2, 256, 384, False, True, False)),
                 (case_gemm, (400, 256, 300, False, True, True)),  # row split, 3 row blocks
                 (case_gemm, (100, 256, 900, True, False, True)),  # column split, 3 K slices
+                (case_matmul_backward, (1500, 100, 300)),  # K-split in halves, 4 K slices
+                (case_gemm, (260, 90, 1900, True, False, False)),  # K-split, 2 row blocks
                 (case_gemm, (300, 1600, 200, False, False, True)),  # column split, 3 row blocks
                 (case_matmul_forward, (300, 200, 1600, True, True)),  # the same + residual
                 (case_matmul_forward, (100, 900, 256, True, True)),  # + residual, column split
@@ -517,12 +522,13 @@ def test_fused_residual_same_bits_as_separate_add(cmod, rng, N, C, OC, threads):
 
 
 @pytest.mark.parametrize("N,C,OC", [(2048, 512, 128), (2048, 128, 512), (700, 3, 96),
-                                     (1000, 64, 1600), (5, 16, 16), (600, 200, 70)])
+                                     (1000, 64, 1600), (5, 16, 16), (600, 200, 70),
+                                     (1900, 257, 40)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_dbias_same_bits_with_or_without_dweight(cmod, rng, N, C, OC, threads):
     """dbias comes from the weight gradient's GEMM (its packed panels of dout) when dweight is
     asked for, else from a pass of its own: both must sum in the same order, on every GEMM path
-    (row split, column split, few rows, several K slices)."""
+    (row split, column split, few rows, several K slices, K-split in halves)."""
     dout, inp, w = f32(rng, N, OC), f32(rng, N, C), f32(rng, C, OC)
     prev = pyllm.get_num_threads()
     try:
