@@ -19,9 +19,9 @@
  * zero-padded and edge tiles are written through a small buffer. Each output element is summed
  * by one thread, the same way whatever the thread count and whatever the other rows: a chain of
  * multiply-adds in k order per KC slice (fixed by K alone), the slices added to c in order --
- * except that a product with few rows and a long K (a weight gradient) sums the two halves of
- * its slices apart and then adds them (plan_k: fixed by M and K), so two threads can take a
- * half each without waiting for each other at every slice.
+ * except that a product with a small result and a long K (a weight gradient) sums the two
+ * halves of its slices apart and then adds them (plan_k: fixed by the shape), so two threads can
+ * take a half each without waiting for each other at every slice.
  * The 6x16 micro-kernel is written with GCC/Clang vector extensions for AVX2+FMA and chosen at run
  * time, with packing routines that move 8 x 8 blocks through register transposes; other machines
  * and compilers run a plain C micro-kernel and scalar packing on the same packed layout.
@@ -590,17 +590,21 @@ static void panel_colsum(float *bsum, const float *pb, int kc, int nr) {
     for (int j = 0; j < nr; j++) bsum[j] += s[j];
 }
 
-#define SPLIT_K_SLICES 4 /* a K-split needs at least this many slices */
+#define SPLIT_K_SLICES 4      /* a K-split needs at least this many slices ... */
+#define SPLIT_K_MAX_MN 524288 /* ... and a result of at most this many floats (2 MiB) */
 
-/* The K slices of a product of M rows, and where it splits K (0: no split). A product with few
-   rows (at most 2 row blocks: a weight gradient, whose K is the tokens), at least
-   SPLIT_K_SLICES slices and no bias, residual or transposed b (splittable) sums the two halves of its slices separately (an even number of them:
-   one more when odd) and then adds the second half to the first. The threads then share its
-   work by halves, without one barrier per slice; a 128 x 512 weight gradient over 2048 rows
-   runs 8-28% faster. The plan depends on the shape alone, never on the thread count. */
-static int plan_k(int M, int K, int splittable, int *kcb) {
+/* The K slices of a product, and where it splits K (0: no split). A product with a long K and a
+   small result (a weight gradient, whose K is the tokens), no bias, residual or transposed b
+   (splittable), at least SPLIT_K_SLICES slices and at most SPLIT_K_MAX_MN floats of result,
+   sums the two halves of its slices separately (an even number of slices: one more when odd)
+   and then adds the second half to the first. The threads then share its work by halves,
+   without waiting for each other at every slice, which costs such a product (little work per
+   slice) 5-20%: weight gradients over 2048 rows run 4-28% faster (128 x 512, 512 x 128,
+   384 x 384), and larger results gain nothing, so they are not split. The plan depends on the
+   shape alone, never on the thread count. */
+static int plan_k(int M, int N, int K, int splittable, int *kcb) {
     int s = K_SLICE(K), n = cdiv(K, s);
-    if (!splittable || M <= SMALL_M || M > 2 * MC || n < SPLIT_K_SLICES) {
+    if (!splittable || M <= SMALL_M || (double)M * N > SPLIT_K_MAX_MN || n < SPLIT_K_SLICES) {
         *kcb = s;
         return 0;
     }
@@ -619,7 +623,7 @@ static int plan_k(int M, int K, int splittable, int *kcb) {
    (panel_colsum), so the bits depend neither on the path nor on the thread count. */
 static void colsum_slices(float *bsum, const float *b, size_t ldb, int K, int N, int M) {
     if (K <= 0 || N <= 0) return;
-    int kcb, k1 = plan_k(M, K, 1, &kcb), nchunks = cdiv(N, 64); /* the GEMM's K slices */
+    int kcb, k1 = plan_k(M, N, K, 1, &kcb), nchunks = cdiv(N, 64); /* the GEMM's K slices */
     PYLLM_PARALLEL_FOR_IF((double)K * N >= 65536.0)
     for (int t = 0; t < nchunks; t++) { /* 64 columns (4 cache lines of a row) per task */
         int j0 = t * 64, nj = imin(64, N - j0);
@@ -815,6 +819,8 @@ static int gemm_split_k(int M, int N, int K, int kcb, int k1, const float *a, si
                        : gemm_run(M, N, K - k1, kcb, a2, lda, trans_a, b2, ldb, 0, part,
                                   (size_t)N, 0, NULL, NULL, psum, nt == 2 ? 1 : nthreads);
     if (rc[0] == PYLLM_OK && rc[1] == PYLLM_OK) {
+        nt = nthreads > 1 && (double)M * N >= 65536.0 ? nthreads : 1;
+        OMP_PARALLEL_FOR_NT
         for (int i = 0; i < M; i++) {
             float *ci = c + (size_t)i * ldc;
             const float *pi = part + (size_t)i * N;
@@ -844,7 +850,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         if (resid) add_block(c, resid, ldc, M, N);
         return PYLLM_OK;
     }
-    int kcb, k1 = plan_k(M, K, !trans_b && !bias && !resid, &kcb);
+    int kcb, k1 = plan_k(M, N, K, !trans_b && !bias && !resid, &kcb);
     if (k1 > 0)
         return gemm_split_k(M, N, K, kcb, k1, a, lda, trans_a, b, ldb, c, ldc, accumulate, bsum,
                             pyllm_nthreads());

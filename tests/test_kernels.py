@@ -148,8 +148,8 @@ CASES = [
                                          (200, 1000, 64, True, True)]],
     *[(case_matmul_backward, s) for s in [(1, 1, 1), (7, 13, 17), (33, 64, 97), (257, 129, 65),
                                           (300, 384, 1536)]],
-    # weight gradients with a K-split (few rows of dweight, 4 or more K slices; odd: 5 -> 6)
-    *[(case_matmul_backward, s) for s in [(1500, 100, 300), (1900, 257, 40)]],
+    # weight gradients with a K-split (a small dweight, 4 or more K slices; odd: 5 -> 6)
+    *[(case_matmul_backward, s) for s in [(1500, 100, 300), (1900, 257, 40), (1600, 700, 96)]],
     *[(case_gemm, (130, 70, 1700, True, False, acc)) for acc in (False, True)],
     *[(case_gemm, (M, N, K, ta, tb, acc)) for (M, N, K) in [(1, 1, 1), (5, 7, 3), (37, 19, 129)]
       for ta in (False, True) for tb in (False, True) for acc in (False, True)],
@@ -452,6 +452,7 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_gemm, (100, 256, 900, True, False, True)),  # column split, 3 K slices
                 (case_matmul_backward, (1500, 100, 300)),  # K-split in halves, 4 K slices
                 (case_gemm, (260, 90, 1900, True, False, False)),  # K-split, 2 row blocks
+                (case_matmul_backward, (1600, 700, 96)),  # K-split, 5 row blocks
                 (case_gemm, (300, 1600, 200, False, False, True)),  # column split, 3 row blocks
                 (case_matmul_forward, (300, 200, 1600, True, True)),  # the same + residual
                 (case_matmul_forward, (100, 900, 256, True, True)),  # + residual, column split
