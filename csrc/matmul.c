@@ -557,11 +557,11 @@ static void packbuf_put(packbuf *pb) {
  * The driver.
  * ------------------------------------------------------------------------------------------- */
 
-/* c += r over an m x n block; both have row stride ld (the fused residual) */
-static void add_block(float *c, const float *r, size_t ld, int m, int n) {
+/* c += r over an m x n block, row strides ldc and ldr (the fused residual; a K-split's part) */
+static void add_block(float *c, size_t ldc, const float *r, size_t ldr, int m, int n) {
     for (int i = 0; i < m; i++) {
-        float *ci = c + (size_t)i * ld;
-        const float *ri = r + (size_t)i * ld;
+        float *ci = c + (size_t)i * ldc;
+        const float *ri = r + (size_t)i * ldr;
         for (int j = 0; j < n; j++) ci[j] += ri[j];
     }
 }
@@ -578,7 +578,7 @@ static void macro_kernel(ukernel_fn ukernel, int mc, int kc, const float *pa, co
             ukernel(kc, pa + (size_t)ip * kc, pb, c + (size_t)ip * ldc + j, ldc,
                     imin(MR, mc - ip), nr, first, bias ? bias + j : NULL);
     }
-    if (resid) add_block(c, resid, ldc, mc, ncols);
+    if (resid) add_block(c, ldc, resid, ldc, mc, ncols);
 }
 
 /* bsum[j] (j < nr) += the sum over k < kc of one packed B panel's column j, in order from 0 */
@@ -668,7 +668,7 @@ static int gemm_run(int M, int N, int K, int kcb, const float *a, size_t lda, in
         for (int t = 0; t < nchunks; t++) {
             int j0 = t * width, nj = imin(width, N - j0);
             smallm(M, j0, nj, K, kcb, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, bias);
-            if (resid) add_block(c + j0, resid + j0, ldc, M, nj);
+            if (resid) add_block(c + j0, ldc, resid + j0, ldc, M, nj);
         }
         return PYLLM_OK;
     }
@@ -821,11 +821,8 @@ static int gemm_split_k(int M, int N, int K, int kcb, int k1, const float *a, si
     if (rc[0] == PYLLM_OK && rc[1] == PYLLM_OK) {
         nt = nthreads > 1 && (double)M * N >= 65536.0 ? nthreads : 1;
         OMP_PARALLEL_FOR_NT
-        for (int i = 0; i < M; i++) {
-            float *ci = c + (size_t)i * ldc;
-            const float *pi = part + (size_t)i * N;
-            for (int j = 0; j < N; j++) ci[j] += pi[j];
-        }
+        for (int i = 0; i < M; i++) /* a row per task */
+            add_block(c + (size_t)i * ldc, ldc, part + (size_t)i * N, (size_t)N, 1, N);
         for (int j = 0; psum && j < N; j++) bsum[j] += psum[j];
     }
     packbuf_put(buf);
@@ -847,7 +844,7 @@ static int sgemm_packed(int M, int N, int K, const float *a, size_t lda, int tra
         if (!accumulate)
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) c[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
-        if (resid) add_block(c, resid, ldc, M, N);
+        if (resid) add_block(c, ldc, resid, ldc, M, N);
         return PYLLM_OK;
     }
     int kcb, k1 = plan_k(M, N, K, !trans_b && !bias && !resid, &kcb);
