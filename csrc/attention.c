@@ -802,3 +802,29 @@ int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,
     }
     return PYLLM_OK;
 }
+
+/* probs (B,NH,T,T); qkv (B,T,3C); lse (B,NH,T). The probabilities for an attention map (a
+ * diagnostic, not the training path): p_ts = exp(scale q_t . k_s - lse_t) for s <= t with the lse
+ * that attention_forward saved, so each row is the distribution that forward pass used (it sums
+ * to 1 up to rounding); 0 above the diagonal. One task per (b, h, t) row. */
+int attention_probs(float *probs, const float *qkv, const float *lse, int B, int T, int C,
+                    int NH) {
+    if (!probs || !qkv || !lse) return PYLLM_ERR_NULL;
+    if (B < 0 || T < 0 || NH < 1 || C < NH || C % NH != 0) return PYLLM_ERR_SIZE;
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    if ((int64_t)B * NH * T > 2147483647) return PYLLM_ERR_SIZE;
+    int rows = B * NH * T;
+    PYLLM_PARALLEL_FOR_IF((size_t)rows * T * hd >= 65536)
+    for (int r = 0; r < rows; r++) {
+        int t = (int)(r % T), h = (int)(r / T % NH), b = (int)(r / T / NH);
+        const float *q = qkv + ((size_t)b * T + t) * 3 * C + (size_t)h * hd;
+        float l = lse[r], *p = probs + (size_t)r * T;
+        for (int s = 0; s <= t; s++) {
+            const float *k = qkv + ((size_t)b * T + s) * 3 * C + C + (size_t)h * hd;
+            p[s] = expf(scale * dot(q, k, hd) - l);
+        }
+        for (int s = t + 1; s < T; s++) p[s] = 0.0f;
+    }
+    return PYLLM_OK;
+}

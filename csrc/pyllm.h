@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 3
+#define PYLLM_ABI_VERSION 4
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -91,6 +91,9 @@ int attention_forward(float *out, float *lse, const float *qkv, int B, int T, in
    lse (B,NH,T) */
 int attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
                        const float *lse, int B, int T, int C, int NH, int accumulate);
+/* probs (B,NH,T,T) = the probabilities attention_forward used, from qkv (B,T,3C) and its saved
+   lse (B,NH,T): row t is exp(scale q_t . k_s - lse_t) for s <= t, 0 above the diagonal */
+int attention_probs(float *probs, const float *qkv, const float *lse, int B, int T, int C, int NH);
 /* one decode step at position pos: qkv (B,3C) of the new token; kcache, vcache (B,NH,maxT,hd)
    get its k, v at pos; out (B,C) attends over positions 0..pos */
 int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,

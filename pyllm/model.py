@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .backend import get_backend, ops
+from .backend import get_backend, hooked_decoder, ops
 from .backend._check import decoder_weight_names
 from .rng import RNG
 
@@ -133,6 +133,10 @@ class GPT:
         self.grads.flat, self.grads.n_decay = self._g.flat, self._g.n_decay
         self.n_decay = self._p.n_decay
         self._acts = None
+        # per-head outputs hook (pyllm.explore.ablate): None, or an object whose
+        # forward(layer, atty) edits the attention output (.., C) before c_proj and whose
+        # backward(layer, d_atty) edits its gradient to match
+        self._attn_hook = None
         if seed is not None:
             self._init_weights(seed)
 
@@ -254,6 +258,8 @@ class GPT:
             ops.matmul_forward(l["qkv"], l["ln_1"], P[p + "attn.c_attn.weight"],
                                P[p + "attn.c_attn.bias"])             # (B,T,3C)
             ops.attention_forward(l["atty"], l["lse"], l["qkv"], NH)  # (B,T,C)
+            if self._attn_hook is not None:
+                self._attn_hook.forward(i, l["atty"])
             ops.matmul_forward(l["res_2"], l["atty"], P[p + "attn.c_proj.weight"],
                                P[p + "attn.c_proj.bias"], residual=x)   # x + proj, fused
             ops.layernorm_forward(l["ln_2"], l["ln_2_mean"], l["ln_2_rstd"], l["res_2"],
@@ -340,6 +346,8 @@ class GPT:
             # attention: res_2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
             d_atty, d_qkv, d_ln1 = a["dC"], a["d3C"], a["dC2"]
             self._linear_backward(d_atty, p + "attn.c_proj", dres, l["atty"])
+            if self._attn_hook is not None:
+                self._attn_hook.backward(i, d_atty)
             ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH,
                                    accumulate=False)
             self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
@@ -393,8 +401,9 @@ class GPT:
         if use_cache:
             cache = self._new_cache(B)
             P = self._p.views
-            dec = ops.Decoder([P[n] for n in decoder_weight_names(cfg.n_layer)], cache,
-                              cfg.n_head)
+            weights = [P[n] for n in decoder_weight_names(cfg.n_layer)]
+            dec = (ops.Decoder(weights, cache, cfg.n_head) if self._attn_hook is None
+                   else hooked_decoder(weights, cache, cfg.n_head, self._attn_hook))
         logits = None
         for step in range(int(max_new_tokens)):
             T = seq.shape[1]

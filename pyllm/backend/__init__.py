@@ -136,6 +136,14 @@ class _Ops:
 ops = _Ops()
 
 
+def hooked_decoder(weights, cache, n_head, attn_hook):
+    """A decoder like ``ops.Decoder`` that runs layer by layer through the current backend's
+    kernels and hands each layer's attention output to ``attn_hook.forward(layer, att)`` before
+    its projection (the NumPy backend's Decoder with ``kernels=ops``): sampling under
+    ``pyllm.explore.ablate``."""
+    return _numpy_backend.Decoder(weights, cache, n_head, kernels=ops, attn_hook=attn_hook)
+
+
 def backend_module(name):
     """The module implementing backend ``name`` (for tests and benchmarks)."""
     if name == "numpy":

@@ -367,6 +367,19 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head, dt):
     return size("B", B), size("T", T), size("C", C, 1), NH
 
 
+def attention_probs(probs, qkv, lse, n_head, dt):
+    farr("qkv", qkv, dt)
+    if qkv.ndim != 3 or qkv.shape[2] % 3:
+        raise ValueError("qkv must have shape (B, T, 3*C), got %s" % (qkv.shape,))
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    NH = _heads(C, n_head)
+    farr("lse", lse, dt, shape=(B, NH, T), like=qkv)
+    farr("probs", probs, dt, shape=(B, NH, T, T), out=True, like=qkv)
+    no_alias("probs", probs, qkv=qkv, lse=lse)
+    return size("B", B), size("T", T), size("C", C, 1), NH
+
+
 def attention_decode(out, kcache, vcache, qkv, pos, n_head, dt):
     farr("qkv", qkv, dt)
     if qkv.ndim != 2 or qkv.shape[1] % 3:

@@ -141,6 +141,11 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head, accumulate=True):
                                                      _f(lse), B, T, C, NH, int(bool(accumulate))))
 
 
+def attention_probs(probs, qkv, lse, n_head):
+    B, T, C, NH = chk.attention_probs(probs, qkv, lse, n_head, DT)
+    _ok("attention_probs", lib.attention_probs(_f(probs), _f(qkv), _f(lse), B, T, C, NH))
+
+
 def attention_decode(out, kcache, vcache, qkv, pos, n_head):
     B, pos, maxT, C, NH = chk.attention_decode(out, kcache, vcache, qkv, pos, n_head, DT)
     _ok("attention_decode", lib.attention_decode(_f(out), _f(kcache), _f(vcache), _f(qkv),

@@ -229,6 +229,17 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head, accumulate=True):
     dqkv[..., 2 * C:] += merge(dv)
 
 
+def attention_probs(probs, qkv, lse, n_head):
+    """The attention probabilities of attention_forward: probs (B,NH,T,T) from qkv (B,T,3C) and
+    the lse (B,NH,T) that the forward saved. Row t is exp(scale q_t . k_s - lse_t) over the
+    sources s <= t (it sums to 1); the upper triangle is 0."""
+    B, T, C, NH = chk.attention_probs(probs, qkv, lse, n_head, DT)
+    q, k, _ = _split_heads(qkv, NH)                                # (B,NH,T,hd)
+    s = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / np.sqrt(C // NH))   # (B,NH,T,T)
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    probs[...] = np.where(causal, np.exp(np.where(causal, s, 0.0) - lse[..., None]), 0.0)
+
+
 def attention_decode(out, kcache, vcache, qkv, pos, n_head):
     """One decode step: store the new token's k, v (from qkv (B,3C)) at pos in the caches
     (B,NH,maxT,hd) and write out (B,C), its attention over positions 0..pos."""
@@ -253,34 +264,53 @@ class Decoder:
     the positions seen so far. ``step(tok, pos)`` runs tokens tok (B,) at position pos through
     every layer -- the training forward restricted to one position -- stores their k, v in the
     cache and returns the logits (B,V) in a buffer that the next step overwrites.
+
+    ``kernels`` runs the steps through another kernel set with these names (``pyllm.backend.ops``
+    for the current backend; default: this module); ``attn_hook`` (see ``GPT._attn_hook``) gets
+    each layer's attention output (B,C) before its projection.
     """
 
-    def __init__(self, weights, cache, n_head):
+    def __init__(self, weights, cache, n_head, kernels=None, attn_hook=None):
         B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT)
         self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
         self.weights, self.cache = list(weights), cache
+        self.k = kernels if kernels is not None else _Kernels
+        self.attn_hook = attn_hook
         e = lambda *s: np.zeros(s, dtype=cache.dtype)  # noqa: E731
         self.x, self.x2, self.h, self.att = e(B, 1, C), e(B, C), e(B, C), e(B, C)
         self.qkv, self.fc, self.fcg, self.logits = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C), e(B, V)
 
     def step(self, tok, pos):
         tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
-        W, C, h, x2 = self.weights, self.C, self.h, self.x2
-        encoder_forward(self.x, tok[:, None], W[0], W[1], pos)
+        W, C, h, x2, k = self.weights, self.C, self.h, self.x2, self.k
+        k.encoder_forward(self.x, tok[:, None], W[0], W[1], pos)
         x = self.x.reshape(-1, C)                                        # (B,C)
         for i in range(self.L):
             w = W[2 + 12 * i:14 + 12 * i]
-            layernorm_forward(h, None, None, x, w[0], w[1])
-            matmul_forward(self.qkv, h, w[2], w[3])                      # (B,3C)
-            attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos, self.NH)
-            matmul_forward(x2, self.att, w[4], w[5], residual=x)        # x2 = x + proj
-            layernorm_forward(h, None, None, x2, w[6], w[7])
-            matmul_forward(self.fc, h, w[8], w[9])                       # (B,4C)
-            gelu_forward(self.fcg, self.fc)
-            matmul_forward(x, self.fcg, w[10], w[11], residual=x2)      # x = x2 + proj
-        layernorm_forward(h, None, None, x, W[-2], W[-1])
-        gemm(self.logits, h, W[0], trans_b=True)                         # (B,V) = h @ wte^T
+            k.layernorm_forward(h, None, None, x, w[0], w[1])
+            k.matmul_forward(self.qkv, h, w[2], w[3])                    # (B,3C)
+            k.attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos,
+                               self.NH)
+            if self.attn_hook is not None:
+                self.attn_hook.forward(i, self.att)
+            k.matmul_forward(x2, self.att, w[4], w[5], residual=x)      # x2 = x + proj
+            k.layernorm_forward(h, None, None, x2, w[6], w[7])
+            k.matmul_forward(self.fc, h, w[8], w[9])                     # (B,4C)
+            k.gelu_forward(self.fcg, self.fc)
+            k.matmul_forward(x, self.fcg, w[10], w[11], residual=x2)    # x = x2 + proj
+        k.layernorm_forward(h, None, None, x, W[-2], W[-1])
+        k.gemm(self.logits, h, W[0], trans_b=True)                       # (B,V) = h @ wte^T
         return self.logits
+
+
+class _Kernels:
+    """This module's kernels under their names, the default kernel set of :class:`Decoder`."""
+    encoder_forward = staticmethod(encoder_forward)
+    layernorm_forward = staticmethod(layernorm_forward)
+    matmul_forward = staticmethod(matmul_forward)
+    attention_decode = staticmethod(attention_decode)
+    gelu_forward = staticmethod(gelu_forward)
+    gemm = staticmethod(gemm)
 
 
 # ---- optimizer -------------------------------------------------------------------------------
