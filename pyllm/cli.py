@@ -1,4 +1,5 @@
-"""The command line: ``python -m pyllm train | sample | info`` (also the ``pyllm`` script)."""
+"""The command line: ``python -m pyllm train | sample | info | heads | neighbors`` (also the
+``pyllm`` script). The attention commands live in ``cli_explore.py``."""
 import argparse
 import os
 import sys
@@ -49,7 +50,7 @@ def build_parser():
     ap = argparse.ArgumentParser(prog="pyllm", description="A small GPT-2 from scratch: train, "
                                  "sample, and inspect the build.")
     ap.add_argument("--version", action="version", version="pyllm " + __version__)
-    sub = ap.add_subparsers(dest="command", metavar="{train,sample,info}")
+    sub = ap.add_subparsers(dest="command", metavar="{train,sample,info,heads,neighbors}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model (default: the tiny preset on text from "
@@ -78,18 +79,15 @@ def build_parser():
     _add_backend_args(t)
 
     s = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 download")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="a training directory (or model file) written by pyllm")
-    src.add_argument("--gpt2", help="a Hugging Face GPT-2 directory (config.json, "
-                     "model.safetensors, vocab.json + merges.txt)")
-    s.add_argument("--tokenizer-file", default=None,
-                   help="tokenizer for --ckpt when it is a bare model file")
+    add_model_source(s)
     _sample_args(s)
     s.add_argument("--no-cache", action="store_true", help="recompute instead of the KV cache")
     _add_backend_args(s)
 
     i = sub.add_parser("info", help="version, backend, threads, build flags, kernel self-test")
     _add_backend_args(i)
+    from . import cli_explore
+    cli_explore.add_parsers(sub, add_model_source, _add_backend_args)
     return ap
 
 
@@ -179,10 +177,20 @@ def cmd_train(args):
     return 0
 
 
-def cmd_sample(args):
+def add_model_source(p):
+    """--ckpt | --gpt2 (one required) and --tokenizer-file: where a command's model comes from."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a training directory (or model file) written by pyllm")
+    src.add_argument("--gpt2", help="a Hugging Face GPT-2 directory (config.json, "
+                     "model.safetensors, vocab.json + merges.txt)")
+    p.add_argument("--tokenizer-file", default=None,
+                   help="tokenizer for --ckpt when it is a bare model file")
+
+
+def load_model_and_tokenizer(args):
+    """The model and tokenizer named by ``add_model_source``'s arguments, checked to match."""
     import pyllm
     from .checkpoint import TOKENIZER_FILE
-    _check_sampling_args(args)
     if args.gpt2:
         model = pyllm.load_gpt2(args.gpt2)
         tokenizer = pyllm.BPETokenizer.from_gpt2(args.gpt2)
@@ -202,6 +210,12 @@ def cmd_sample(args):
         # pyllm writes the two together, so they always agree: this is the wrong tokenizer
         raise SystemExit("error: the tokenizer (%d ids) does not match the model (%d ids)"
                          % (tokenizer.vocab_size, model.config.vocab_size))
+    return model, tokenizer
+
+
+def cmd_sample(args):
+    _check_sampling_args(args)
+    model, tokenizer = load_model_and_tokenizer(args)
     _stream_sample(model, tokenizer, args.prompt, args, use_cache=not args.no_cache)
     return 0
 
@@ -265,7 +279,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         _apply_backend_args(args)
-        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
+        from . import cli_explore
+        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
+                "heads": cli_explore.cmd_heads,
+                "neighbors": cli_explore.cmd_neighbors}[args.command](args)
     except BrokenPipeError:
         return 0
     except MemoryError as exc:

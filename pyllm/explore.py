@@ -328,12 +328,15 @@ def nearest_tokens(model, tokenizer, token_or_text, k=10, metric="cosine"):
             raise ValueError("%r is not in the vocabulary: %s" % (token_or_text, exc)) from None
         if len(ids) != 1:
             pieces = [_token_text(tokenizer, i) for i in ids]
+            hint = ""
+            try:
+                if len(tokenizer.encode(" " + token_or_text)) == 1:
+                    hint = " (with its leading space, %r is one token)" % (" " + token_or_text)
+            except (ValueError, KeyError):
+                pass
             raise ValueError("%r is not one token of this vocabulary: it encodes to %d tokens %r; "
-                             "pass one of them, or its token id%s"
-                             % (token_or_text, len(ids), pieces,
-                                "" if token_or_text.startswith(" ") else
-                                " (GPT-2 words mostly start with a space: %r)"
-                                % (" " + token_or_text)))
+                             "pass one of them, or a token id%s"
+                             % (token_or_text, len(ids), pieces, hint))
         tid = ids[0]
     else:
         raise TypeError("token_or_text must be a token id or a str, got %s"
@@ -356,10 +359,15 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
     """Write the attention viewer for ``text`` to ``path``: one self-contained HTML file (data,
     script and style inside; no network) with a layer x head grid of heatmaps, an enlarged,
     token-labelled view of the head clicked, a text view that highlights what a head attends to,
-    and SVG export. ``scores=True`` adds each head's :func:`head_scores` (``score_args`` go
-    there); ``False`` leaves them out. ``text`` is cut to its first ``block_size`` or
-    ``max_tokens`` tokens, whichever is less (a warning says so). The file is written atomically.
-    Returns the number of tokens shown.
+    and SVG export.
+
+    ``text`` is a str, or a sequence of token ids. ``scores=True`` adds each head's
+    :func:`head_scores` (``score_args`` go there), a dict of such arrays is shown as given, and
+    ``False`` leaves them out. The text is cut to its first ``block_size`` or ``max_tokens``
+    tokens, whichever is less (a warning says so). The numbers in the page are
+    :func:`attention_maps` of those tokens (stored to 1/65535). The file is written atomically:
+    an existing file at ``path`` is replaced whole or not at all. Returns the number of tokens
+    shown.
     """
     import warnings
 
@@ -367,8 +375,6 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
     from .viewer import render_html
 
     _check_model(model)
-    if not isinstance(text, str) or not text:
-        raise ValueError("text must be a non-empty str")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError("%s is a directory; give a file name such as heads.html" % path)
@@ -377,9 +383,23 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
         raise FileNotFoundError("the folder %s does not exist" % parent)
     if not _is_int(max_tokens) or max_tokens < 1:
         raise ValueError("max_tokens must be an int >= 1, got %r" % (max_tokens,))
-    ids = tokenizer.encode(text)
+    if isinstance(text, str):
+        if not text:
+            raise ValueError("text must not be empty")
+        ids = list(tokenizer.encode(text))
+    elif isinstance(text, (list, tuple, np.ndarray)):
+        ids = [int(i) for i in np.asarray(text).reshape(-1)] \
+            if np.asarray(text).dtype.kind in "iu" else None
+        if ids is None or np.ndim(text) != 1:
+            raise TypeError("text must be a str or a 1-D sequence of token ids")
+    else:
+        raise TypeError("text must be a str or a sequence of token ids, got %s"
+                        % type(text).__name__)
     if not ids:
         raise ValueError("text encodes to no tokens")
+    if max(ids) >= tokenizer.vocab_size or min(ids) < 0:
+        raise ValueError("token ids must be in [0, %d) (the tokenizer's vocabulary)"
+                         % tokenizer.vocab_size)
     limit = min(model.config.block_size, int(max_tokens))
     if len(ids) > limit:
         warnings.warn("the viewer shows the first %d of %d tokens" % (limit, len(ids)),
@@ -392,7 +412,14 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
             "n_embd": model.config.n_embd, "tokens": len(ids)}
     if len(ids) > 1:
         info["loss"] = round(model.loss(idx[:-1], idx[1:]), 4)
-    sc = head_scores(model, **score_args) if scores else None
+    if isinstance(scores, dict):
+        sc = scores
+    elif scores is True:
+        sc = head_scores(model, **score_args)
+    elif scores is False or scores is None:
+        sc = None
+    else:
+        raise TypeError("scores must be True, False or a dict of (n_layer, n_head) arrays")
     atomic_write_text(path, render_html(tokens, maps, scores=sc, info=info))
     return len(ids)
 

@@ -126,6 +126,13 @@ def case_attention_decode(rng, B, pos, C, NH, maxT=None):
                                  f32(rng, B, 3 * C), pos, NH], [0, 1, 2], 2e-5)
 
 
+def case_attention_probs(rng, B, T, C, NH):
+    qkv = f32(rng, B, T, 3 * C)
+    out, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
+    npk.attention_forward(out, lse, qkv, NH)
+    return ("attention_probs", [nan(B, NH, T, T), qkv, lse, NH], [0], 2e-6)
+
+
 def case_adamw_update(rng, n, step=3, wd=0.1):
     v = np.abs(f32(rng, n)) * 0.01
     return ("adamw_update", [f32(rng, n), f32(rng, n), f32(rng, n, scale=0.1), v, 1e-3, 0.9, 0.95,
@@ -177,6 +184,8 @@ CASES = [
                                                         (1, 130, 128, 2), (1, 9, 600, 2)]],
     *[(case_attention_decode, s) for s in [(1, 0, 4, 1), (2, 6, 12, 3), (1, 200, 64, 4),
                                            (3, 130, 48, 2, 140)]],
+    *[(case_attention_probs, s) for s in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 130, 64, 4),
+                                          (1, 9, 600, 2)]],
     *[(case_adamw_update, s) for s in [(1,), (7,), (100003,), (1000, 1), (1000, 50, 0.0)]],
 ]
 
@@ -465,7 +474,7 @@ THREAD_CASES = [(case_matmul_forward, (300, 129, 250)), (case_matmul_backward, (
                 (case_crossentropy_backward, (64, 999)), (case_attention_forward, (2, 150, 64, 4)),
                 (case_attention_backward, (2, 150, 64, 4)),
                 (case_attention_backward, (2, 150, 64, 4, False)),
-                (case_attention_decode, (3, 40, 64, 4)),
+                (case_attention_decode, (3, 40, 64, 4)), (case_attention_probs, (2, 150, 64, 4)),
                 (case_adamw_update, (100003,)), (case_residual_forward, (100003,))]
 
 

@@ -13,6 +13,8 @@ from pyllm.model import sample_token
 from pyllm.rng import RNG
 from pyllm.tensorfile import save_safetensors
 
+from _reference import ref_forward, ref_loss  # an independent float64 GPT-2
+
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
 
@@ -23,46 +25,6 @@ def tiny(seed=0, dtype=np.float32, **kw):
 
 def batch(rng, B, T, V):
     return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
-
-
-# ---- an independent reference (picoGPT style, float64, nothing from pyllm's kernels) -----------
-
-def ref_forward(sd, cfg, idx):
-    def ln(x, g, b):
-        m = x.mean(-1, keepdims=True)
-        v = ((x - m) ** 2).mean(-1, keepdims=True)
-        return (x - m) / np.sqrt(v + 1e-5) * g + b
-
-    def gelu(x):
-        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-
-    W = {k: v.astype(np.float64) for k, v in sd.items()}
-    B, T = idx.shape
-    C, H = cfg.n_embd, cfg.n_head
-    x = W["wte.weight"][idx] + W["wpe.weight"][:T]                       # (B,T,C)
-    mask = np.triu(np.full((T, T), -np.inf), 1)
-    for i in range(cfg.n_layer):
-        p = "h.%d." % i
-        h = ln(x, W[p + "ln_1.weight"], W[p + "ln_1.bias"])
-        qkv = h @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]   # (B,T,3C)
-        q, k, v = np.split(qkv, 3, axis=-1)
-        heads = []
-        for j in range(H):
-            s = slice(j * C // H, (j + 1) * C // H)
-            att = q[..., s] @ k[..., s].transpose(0, 2, 1) / np.sqrt(C // H) + mask
-            att = np.exp(att - att.max(-1, keepdims=True))
-            heads.append((att / att.sum(-1, keepdims=True)) @ v[..., s])
-        x = x + np.concatenate(heads, -1) @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
-        h = ln(x, W[p + "ln_2.weight"], W[p + "ln_2.bias"])
-        x = x + gelu(h @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"]) \
-            @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
-    return ln(x, W["ln_f.weight"], W["ln_f.bias"]) @ W["wte.weight"].T  # (B,T,V)
-
-
-def ref_loss(logits, targets):
-    z = logits - logits.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return -np.take_along_axis(logp, targets[..., None], -1).mean()
 
 
 # ---- configuration, names, initialisation -------------------------------------------------------
