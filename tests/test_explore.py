@@ -337,3 +337,62 @@ def test_nearest_tokens_bad_input(query, kw, exc, match):
     m, tok = _embedding_model()
     with pytest.raises(exc, match=match):
         explore.nearest_tokens(m, tok, query, **kw)
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+def _cli(*args):
+    env = dict(os.environ)
+    env.pop("PYLLM_BACKEND", None)
+    r = subprocess.run([sys.executable, "-m", "pyllm", *args], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .")
+    m = pyllm.GPT(pyllm.GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2,
+                                  n_embd=8), seed=0)
+    randomize(m, seed=3, scale=0.5)
+    m.save(d / "checkpoint.safetensors")
+    tok.save(d / "tokenizer.txt")
+    return d, m, tok
+
+
+def test_cli_heads_table_and_ablation_losses(ckpt):
+    d, m, tok = ckpt
+    text = "the cat sat on the mat. the cat"                 # 31 tokens: within block_size + 1
+    out = _cli("heads", "--ckpt", str(d), "--text", text, "--ablate", "1.0,0.1",
+               "--ablate-mode", "zero", "--seq-len", "8", "--n-seqs", "3")
+    scores = explore.head_scores(m, seq_len=8, n_seqs=3)
+    rows = {}
+    for line in out.splitlines():
+        mm = re.match(r"^\s*(\d+)\.(\d+)\s+([\d.]+)\*?\s+([\d.]+)\*?\s+([\d.]+)\*?\s*$", line)
+        if mm:
+            rows[int(mm.group(1)), int(mm.group(2))] = [float(x) for x in mm.group(3, 4, 5)]
+    assert set(rows) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for (l, h), vals in rows.items():
+        for v, name in zip(vals, explore.SCORE_NAMES):
+            assert abs(v - scores[name][l, h]) < 6e-4
+    ids = np.array(tok.encode(text))
+    base = m.loss(ids[:-1], ids[1:])
+    with explore.ablate(m, [(1, 0), (0, 1)]):
+        abl = m.loss(ids[:-1], ids[1:])
+    mm = re.search(r"loss on the text \(30 tokens\): ([\d.]+); with 0\.1, 1\.0 ablated \(zero\): "
+                   r"([\d.]+) \(([+-][\d.]+)\)", out)
+    assert mm, out
+    assert abs(float(mm.group(1)) - base) < 1e-4 and abs(float(mm.group(2)) - abl) < 1e-4
+    assert "loss on the repeated half of random sequences" in out
+
+
+def test_cli_neighbors_lists_the_nearest_tokens(ckpt):
+    d, m, tok = ckpt
+    out = _cli("neighbors", "--ckpt", str(d), "a", "--k", "4", "--metric", "dot")
+    want = explore.nearest_tokens(m, tok, "a", k=4, metric="dot")
+    got = [re.match(r"^\s*(\d+)\s+(-?[\d.]+)\s+(\d+)\s+'(.*)'$", l).groups()
+           for l in out.splitlines()[1:]]
+    assert [(int(i), t) for _, _, i, t in got] == [(i, t) for i, t, _ in want]
+    assert all(abs(float(s) - w[2]) < 1e-4 for (_, s, _, _), w in zip(got, want))

@@ -607,6 +607,22 @@ def embedding_residual_optimizer_with_nan(be):
     assert math.isnan(n["numpy"]) and math.isnan(n["c"])
 
 
+@child_case(K, ValueError, "probs must have shape (1, 2, 4, 4), got (1, 2, 4, 3)")
+def attention_probs_wrong_shape(be):
+    _k(be).attention_probs(e32(1, 2, 4, 3), f32(1, 4, 12), e32(1, 2, 4), 2)
+
+
+@child_case(K, ValueError, "lse must have shape (1, 2, 4), got (1, 4, 2)")
+def attention_probs_lse_wrong_shape(be):
+    _k(be).attention_probs(e32(1, 2, 4, 4), f32(1, 4, 12), e32(1, 4, 2), 2)
+
+
+@child_case(K, ValueError, "probs")
+def attention_probs_output_over_its_input(be):
+    buf = f32(1, 2, 4, 4)
+    _k(be).attention_probs(buf, buf.reshape(-1)[:24].reshape(1, 2, 12), e32(1, 2, 2), 2)
+
+
 # ==== the model, the optimiser, backend settings =================================================
 
 M = "model"
@@ -977,6 +993,69 @@ def test_gpt2_head_count_argument_checked(tmp_path):
 
 
 # ==== training checkpoints edited by hand, and resuming ==========================================
+
+# ==== the head explorer (pyllm.explore) ==========================================================
+
+E = "explore"
+
+
+def _explore():
+    from pyllm import explore
+    return explore
+
+
+@child_case(E, ValueError, "idx holds token id 13, outside [0, 13)")
+def explore_maps_id_out_of_range(be):
+    _explore().attention_maps(tiny(), [1, 13])
+
+
+@child_case(E, ValueError, "more than block_size")
+def explore_maps_longer_than_the_block(be):
+    _explore().attention_maps(tiny(), np.zeros(9, np.int64))
+
+
+@child_case(E, MemoryError, "over the limit")
+def explore_maps_that_do_not_fit(be):
+    # 64 x 2 layers x 2 heads x 4096^2 float32: 16 GiB
+    _explore().attention_maps(tiny(block_size=4096), np.zeros((64, 4096), np.uint8))
+
+
+@child_case(E, ValueError, "head 2 of head (0, 2) is out of range")
+def explore_ablate_head_out_of_range(be):
+    with _explore().ablate(tiny(), [(0, 2)]):
+        pass
+
+
+@child_case(E, ValueError, "mode must be one of")
+def explore_ablate_unknown_mode(be):
+    with _explore().ablate(tiny(), [(0, 1)], mode="noise"):
+        pass
+
+
+@child_case(E, ValueError, "seq_len must be in [2, block_size // 2 = 4]")
+def explore_scores_sequence_too_long(be):
+    _explore().head_scores(tiny(), seq_len=5)
+
+
+@child_case(E)
+def explore_nan_weights_give_nan_maps_not_a_crash(be):
+    m = tiny()
+    m.params[:] = np.nan
+    maps = _explore().attention_maps(m, [1, 2, 3])
+    assert maps.shape == (1, 2, 3, 3) and np.isnan(maps[0, 0, 1, :2]).all()
+
+
+@child_case(E)
+def explore_ablation_survives_an_error_inside(be):
+    m = tiny(scale=0.3)
+    before = m.forward([[1, 2, 3]])
+    try:
+        with _explore().ablate(m, [(0, 0)]):
+            m.forward([[1, 99]])
+    except ValueError:
+        pass
+    assert m._attn_hook is None and np.array_equal(m.forward([[1, 2, 3]]), before)
+
 
 R = "resume"
 _RUN_SETTINGS = dict(n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=2, steps=2,
@@ -1370,6 +1449,23 @@ CLI_ERRORS = {
                               "non-finite logits"),
     # info
     "info_threads_zero": (["info", "--threads", "0"], "--threads: must be an integer from 1"),
+    # heads, neighbors
+    "heads_layer_out_of_range": (["heads", "--ckpt", "{w}/ckpt", "--ablate", "0.1,1.0"],
+                                 "layer 1 of head (1, 0) is out of range"),
+    "heads_badly_written": (["heads", "--ckpt", "{w}/ckpt", "--ablate", "0:1"],
+                            "a head is written LAYER.HEAD"),
+    "heads_unknown_mode": (["heads", "--ckpt", "{w}/ckpt", "--ablate-mode", "noise"],
+                           "argument --ablate-mode: invalid choice"),
+    "heads_out_is_a_directory": (["heads", "--ckpt", "{w}/ckpt", "--out", "{w}/empty_dir"],
+                                 "is a directory"),
+    "heads_text_not_encodable": (["heads", "--ckpt", "{w}/ckpt", "--text", "\u4e2d\u6587"],
+                                 "the text cannot be encoded"),
+    "heads_seq_len_too_long": (["heads", "--ckpt", "{w}/ckpt", "--seq-len", "5"],
+                               "seq_len must be in [2, block_size // 2 = 4]"),
+    "neighbors_word_not_in_vocab": (["neighbors", "--ckpt", "{w}/ckpt", "\u4e2d"],
+                                    "not in the vocabulary"),
+    "neighbors_two_tokens": (["neighbors", "--ckpt", "{w}/ckpt", "ca"], "not one token"),
+    "neighbors_no_word": (["neighbors", "--ckpt", "{w}/ckpt"], "give either a WORD or --id"),
 }
 
 # name: (arguments, extra environment); each must succeed
@@ -1457,7 +1553,7 @@ def test_cli_output_the_terminal_cannot_show_is_replaced(cli_runs):
 # The backends each group's child runs on: the NaN/Inf agreement compares C with NumPy inside one
 # child; the data loader has no kernels (it runs in a child so that a hang on a pipe or device is
 # a timeout, not a stall).
-GROUP_BACKENDS = {K: BACKENDS, A: ["c"], M: BACKENDS, R: BACKENDS, D: ["numpy"]}
+GROUP_BACKENDS = {K: BACKENDS, A: ["c"], M: BACKENDS, E: BACKENDS, R: BACKENDS, D: ["numpy"]}
 
 
 @pytest.mark.parametrize("group, be, name", [p for group, backends in GROUP_BACKENDS.items()
