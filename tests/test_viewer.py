@@ -238,6 +238,10 @@ def test_page_loads_offline_without_errors(page):
     assert page.eval("[pyllmViewer.nLayer, pyllmViewer.nHead, pyllmViewer.T]") == [L_, NH_, len(TOKENS)]
     assert 0 < page.eval("pyllmViewer.drawMs") < 2000
     assert page.eval("document.querySelectorAll('#grid .head canvas').length") == L_ * NH_
+    assert page.eval("Array.from(document.querySelectorAll('#info dt, #info dd'))"
+                     ".map(e => e.textContent)") == ["tokens", str(len(TOKENS)), "layers \u00d7 heads",
+                                                     "%d \u00d7 %d" % (L_, NH_), "model", "synthetic",
+                                                     "loss", "2.5"]
     # the page's own file and nothing else (data: and blob: URLs are not network)
     assert [u for u in page.requests if not u.startswith(("data:", "blob:"))] == [page.url]
 
@@ -380,11 +384,15 @@ def test_long_text_thumbnails_pool_blocks_and_stay_causal(browser, tmp_path_fact
 
 
 def test_a_single_token_page_works(browser, tmp_path_factory):
-    path = write_page(tmp_path_factory, "one.html", ["only"], np.ones((1, 1, 1, 1)))
+    path = write_page(tmp_path_factory, "one.html", ["only"], np.ones((1, 1, 1, 1)),
+                      info={"layers": 1, "tokens": 1})
     p = browser.open(path)
     try:
         p.wait_for("window.pyllmViewer && pyllmViewer.ready", timeout=15)
         assert p.errors == [] and p.eval("pyllmViewer.value(0, 0, 0, 0)") == 1
+        # the caller's info gives the sizes: they are not repeated
+        assert p.eval("Array.from(document.querySelectorAll('#info dt')).map(e => e.textContent)") \
+            == ["layers", "tokens"]
         assert p.eval("pyllmViewer.exportSvg()").count('class="cell"') == 1
     finally:
         p.close()

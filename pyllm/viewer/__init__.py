@@ -90,13 +90,14 @@ def _check_tokens(tokens) -> list:
 
 
 def _check_unit_array(name, arr, shape_doc):
-    """arr as float64; TypeError unless real numbers, ValueError unless finite and in [0, 1]."""
+    """arr as a float array; TypeError unless real numbers, ValueError unless finite and in [0, 1]."""
     a = np.asarray(arr)
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating)
                                    or np.issubdtype(a.dtype, np.integer)):
         raise TypeError("%s must be an array of real numbers %s, got dtype %s" % (name, shape_doc,
                                                                                    a.dtype))
-    a = a.astype(np.float64)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)         # floats are kept as they are: maps can be large
     if a.size and not np.all(np.isfinite(a)):
         raise ValueError("%s must be finite: found NaN or Inf" % name)
     if a.size and (a.min() < 0.0 or a.max() > 1.0 + 1e-6):
@@ -124,7 +125,7 @@ def _check_maps(maps, T):
     a = _check_unit_array("maps", a, "(L, NH, T, T)")
     upper = np.triu(np.ones((T, T), dtype=bool), k=1)
     if upper.any():
-        worst = float(np.abs(a[:, :, upper]).max())
+        worst = max(float(a[l][:, upper].max()) for l in range(L))   # one layer's copy at a time
         if worst > 1e-6:
             raise ValueError("maps must be causal: weights above the diagonal (a destination "
                              "attending to a later source) must be 0, found %g" % worst)
@@ -177,8 +178,10 @@ def encode_maps(maps: np.ndarray) -> str:
     """The page's ``maps`` string for checked maps (L, NH, T, T): lower triangles, uint16 LE, base64."""
     T = maps.shape[-1]
     dst, src = np.tril_indices(T)                      # row-major: (0,0), (1,0), (1,1), (2,0), ...
-    tril = maps[:, :, dst, src]                        # (L, NH, T*(T+1)/2)
-    q = np.rint(np.clip(tril, 0.0, 1.0) * 65535.0).astype("<u2")
+    q = np.empty((maps.shape[0], maps.shape[1], dst.size), dtype="<u2")   # (L, NH, T*(T+1)/2)
+    for l in range(maps.shape[0]):                     # one layer at a time: bounded scratch memory
+        tril = maps[l][:, dst, src].astype(np.float64)
+        q[l] = np.rint(np.clip(tril, 0.0, 1.0) * 65535.0)
     return base64.b64encode(q.tobytes()).decode("ascii")
 
 

@@ -213,7 +213,12 @@
 
   function buildInfo() {
     const dl = document.getElementById('info');
-    const rows = [['tokens', String(T)], ['layers \u00d7 heads', L + ' \u00d7 ' + NH]].concat(data.info);
+    // the sizes first, unless the caller's info already gives them
+    const keys = new Set(data.info.map(([k]) => k.toLowerCase()));
+    const rows = [];
+    if (!keys.has('tokens')) rows.push(['tokens', String(T)]);
+    if (!keys.has('layers') && !keys.has('heads')) rows.push(['layers \u00d7 heads', L + ' \u00d7 ' + NH]);
+    rows.push(...data.info);
     for (const [k, v] of rows) {
       const d = el('div');
       d.append(el('dt', '', k), el('dd', '', v));
