@@ -11,6 +11,8 @@ Public names::
     CharTokenizer, BPETokenizer, load_tokenizer   tokenizers (pyllm.tokenizer)
     get_backend, set_backend, available_backends, backend_reason, BackendUnavailable,
     get_num_threads, set_num_threads     backend choice (pyllm.backend)
+    explore                              attention maps, head scores, ablation, nearest tokens,
+                                         the offline viewer (pyllm.explore)
 """
 __version__ = "0.1.0"
 
@@ -20,9 +22,10 @@ from .checkpoint import CheckpointError, load, load_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+from . import explore  # noqa: E402 (after the model it works on)
 
 __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_reason",
            "get_backend", "get_num_threads", "set_backend", "set_num_threads",
            "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
            "CheckpointError", "load", "load_gpt2",
-           "BPETokenizer", "CharTokenizer", "load_tokenizer"]
+           "BPETokenizer", "CharTokenizer", "load_tokenizer", "explore"]
