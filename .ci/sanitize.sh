@@ -25,7 +25,7 @@
 #       the C-vs-NumPy tests of tests/test_kernels.py again with the portable C kernels
 #       (pyllm_set_simd_level(0) turns off every AVX2 variant: GEMM, attention, element-wise)
 #       tests/test_model.py (C parts, except the long training test) and the resume test
-#       tests/test_hostile.py: its kernel, model and NaN/Inf cases (run in child processes, which
+#       tests/test_hostile.py: its kernel, model, explorer and NaN/Inf cases (run in child processes, which
 #       inherit the sanitized environment)
 #  4. a LeakSanitizer pass limited to the C kernels: a short training run + sampling with leak
 #     detection on; Python itself leaks by design at exit, so only leak reports with a frame in
@@ -188,7 +188,7 @@ run_tests "model tests (C backend) + resume" \
 # hostile inputs through the kernels (its cases run in child processes: they inherit the set-up)
 if [ -e "$T/tests/test_hostile.py" ]; then
     run_tests "hostile-input tests that reach the kernels" \
-        "${PYTEST[@]}" tests/test_hostile.py -k "kernels- or model- or nan-agreement-"
+        "${PYTEST[@]}" tests/test_hostile.py -k "kernels- or model- or explore- or nan-agreement-"
 fi
 
 # ---- 4. LeakSanitizer, limited to the C kernels ----------------------------------------------

@@ -364,7 +364,8 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
     ``text`` is a str, or a sequence of token ids. ``scores=True`` adds each head's
     :func:`head_scores` (``score_args`` go there), a dict of such arrays is shown as given, and
     ``False`` leaves them out. The text is cut to its first ``block_size`` or ``max_tokens``
-    tokens, whichever is less (a warning says so). The numbers in the page are
+    tokens, whichever is less, and to what one page carries (``pyllm.viewer.MAX_CELLS`` weights:
+    about 500 tokens of GPT-2 small); a warning says so. The numbers in the page are
     :func:`attention_maps` of those tokens (stored to 1/65535). The file is written atomically:
     an existing file at ``path`` is replaced whole or not at all. Returns the number of tokens
     shown.
@@ -372,7 +373,7 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
     import warnings
 
     from .tensorfile import atomic_write_text
-    from .viewer import render_html
+    from .viewer import MAX_CELLS, render_html
 
     _check_model(model)
     path = os.fspath(path)
@@ -401,9 +402,13 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
         raise ValueError("token ids must be in [0, %d) (the tokenizer's vocabulary)"
                          % tokenizer.vocab_size)
     limit = min(model.config.block_size, int(max_tokens))
+    heads = model.config.n_layer * model.config.n_head
+    while limit > 1 and heads * limit * (limit + 1) // 2 > MAX_CELLS:
+        limit -= 1                                         # what one page can carry
     if len(ids) > limit:
-        warnings.warn("the viewer shows the first %d of %d tokens" % (limit, len(ids)),
-                      stacklevel=2)
+        warnings.warn("the viewer shows the first %d of %d tokens (block_size %d, max_tokens %d, "
+                      "%d heads in one page)" % (limit, len(ids), model.config.block_size,
+                                                 max_tokens, heads), stacklevel=2)
         ids = ids[:limit]
     idx = np.asarray(ids, dtype=np.int64)
     maps = attention_maps(model, idx)

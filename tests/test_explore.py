@@ -396,3 +396,92 @@ def test_cli_neighbors_lists_the_nearest_tokens(ckpt):
            for l in out.splitlines()[1:]]
     assert [(int(i), t) for _, _, i, t in got] == [(i, t) for i, t, _ in want]
     assert all(abs(float(s) - w[2]) < 1e-4 for (_, s, _, _), w in zip(got, want))
+
+
+# ---- the viewer -------------------------------------------------------------------------------
+
+def _page_maps(html, L, NH, T):
+    from pyllm.viewer import decode_maps
+    m = re.search(r'<script type="application/json" id="pyllm-data">(.*?)</script>', html, re.S)
+    return decode_maps(json.loads(m.group(1))["maps"], L, NH, T)
+
+
+VIEW_TOK = CharTokenizer("abcdefghijklmnopqrstuvwxyz .")
+
+
+def _viewer_model(seed=12):
+    m = pyllm.GPT(pyllm.GPTConfig(vocab_size=VIEW_TOK.vocab_size, block_size=64, n_layer=2,
+                                  n_head=3, n_embd=12), seed=seed)
+    randomize(m, seed=seed, scale=0.5)
+    return m
+
+
+def test_viewer_numbers_equal_attention_maps(tmp_path, backend):
+    m = _viewer_model()
+    text = "the cat sat on the mat. the cat sat on the mat."
+    path = tmp_path / "heads.html"
+    assert explore.write_html(path, m, VIEW_TOK, text, seq_len=8, n_seqs=2) == len(text)
+    html = path.read_text(encoding="utf-8")
+    want = explore.attention_maps(m, VIEW_TOK.encode(text))
+    assert np.abs(_page_maps(html, 2, 3, len(text)) - want).max() < 1e-4
+    assert json.loads(re.search(r'id="pyllm-data">(.*?)</script>', html, re.S).group(1))[
+        "tokens"] == list(text)
+
+
+def test_viewer_cuts_long_text_with_a_warning(tmp_path):
+    m = _viewer_model()
+    with pytest.warns(UserWarning, match="first 64 of 100 tokens"):
+        n = explore.write_html(tmp_path / "h.html", m, VIEW_TOK, "ab" * 50, scores=False)
+    assert n == 64
+
+
+def test_viewer_bad_paths_write_nothing(tmp_path, monkeypatch):
+    m = _viewer_model()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        explore.write_html(tmp_path, m, VIEW_TOK, "abc", scores=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        explore.write_html(tmp_path / "no" / "h.html", m, VIEW_TOK, "abc", scores=False)
+    with pytest.raises(ValueError, match="unknown character"):
+        explore.write_html(tmp_path / "h.html", m, VIEW_TOK, "ABC", scores=False)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 28\)"):
+        explore.write_html(tmp_path / "h.html", m, VIEW_TOK, [1, 28], scores=False)
+    assert os.listdir(tmp_path) == []
+    # a failure while the page is written leaves the previous file whole, and no temporary file
+    old = tmp_path / "h.html"
+    old.write_text("the previous page")
+    import pyllm.viewer
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(pyllm.viewer, "render_html", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        explore.write_html(old, m, VIEW_TOK, "abc", scores=False)
+    assert old.read_text() == "the previous page" and os.listdir(tmp_path) == ["h.html"]
+
+
+def test_viewer_of_a_model_in_the_browser(tmp_path):
+    from _browser import Browser, BrowserUnavailable, find_chromium
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium/Chrome found: install chromium or set PYLLM_CHROMIUM")
+    m = _viewer_model(13)
+    text = "an induction head copies. an induction head copies"
+    path = tmp_path / "heads.html"
+    explore.write_html(path, m, VIEW_TOK, text, seq_len=8, n_seqs=2)
+    want = explore.attention_maps(m, VIEW_TOK.encode(text))
+    try:
+        b = Browser(binary, timeout=30).start()
+    except BrowserUnavailable as exc:
+        pytest.skip("Chromium cannot run here: %s" % exc)
+    try:
+        page = b.open(path)
+        page.wait_for("window.pyllmViewer && pyllmViewer.ready", timeout=15)
+        T = len(text)
+        cells = [[l, h, d, s] for l in range(2) for h in range(3) for d in range(T)
+                 for s in range(T)]
+        got = np.array(page.eval("%s.map(a => pyllmViewer.value(...a))" % json.dumps(cells)))
+        assert np.abs(got.reshape(2, 3, T, T) - want).max() < 1e-4
+        assert page.eval("pyllmViewer.errors") == [] and page.errors == []
+        assert [u for u in page.requests if not u.startswith(("data:", "blob:"))] == [page.url]
+    finally:
+        b.close()

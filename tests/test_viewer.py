@@ -236,7 +236,7 @@ def test_page_loads_offline_without_errors(page):
     assert page.eval("pyllmViewer.errors") == []
     assert page.errors == []
     assert page.eval("[pyllmViewer.nLayer, pyllmViewer.nHead, pyllmViewer.T]") == [L_, NH_, len(TOKENS)]
-    assert 0 < page.eval("pyllmViewer.drawMs") < 2000
+    assert page.eval("pyllmViewer.drawMs") > 0  # its speed is measured by bench_viewer.py
     assert page.eval("document.querySelectorAll('#grid .head canvas').length") == L_ * NH_
     assert page.eval("Array.from(document.querySelectorAll('#info dt, #info dd'))"
                      ".map(e => e.textContent)") == ["tokens", str(len(TOKENS)), "layers \u00d7 heads",
