@@ -253,6 +253,10 @@ def test_generate_sees_the_ablation(backend, rng):
         seq = np.concatenate([seq, logits[:, -1].argmax(-1)[:, None]], 1)
     assert np.array_equal(cached, seq)
     assert not np.array_equal(m.generate(prompt, 12, temperature=0), cached)
+    # with no head listed, the layer-by-layer decoder samples what the usual decoder samples
+    with explore.ablate(m, []):
+        hooked = m.generate(prompt, 12, temperature=0.9, seed=5)
+    assert np.array_equal(hooked, m.generate(prompt, 12, temperature=0.9, seed=5))
 
 
 def test_ablation_restores_after_an_exception_and_nests(rng):
