@@ -77,23 +77,26 @@ def test_maps_of_a_gpt2_checkpoint_match_the_reference(tmp_path, backend, rng):
 
 
 def test_maps_match_transformers_output_attentions(tmp_path, rng):
+    """A GPT-2 written by transformers itself (its own initialisation and file writer), read with
+    load_gpt2: the maps equal its output_attentions."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    src = model(4, vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=8)
-    cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=2, n_head=2,
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=4,
                                   layer_norm_epsilon=1e-5, activation_function="gelu_new",
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  initializer_range=0.3)  # sharp patterns
     cfg._attn_implementation = "eager"  # the attention that returns its probabilities
     hf = transformers.GPT2LMHeadModel(cfg).eval()
-    sd = {"transformer." + k: torch.tensor(v) for k, v in src.state_dict().items()}
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    hf.load_state_dict(sd, strict=False)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    g = pyllm.load_gpt2(tmp_path / "hf")
     idx = rng.integers(0, 50, (2, 16))
     with torch.no_grad():
         out = hf(torch.tensor(idx), output_attentions=True)
     want = np.stack([a.numpy() for a in out.attentions], 1)             # (B,L,NH,T,T)
-    assert np.abs(explore.attention_maps(src, idx) - want).max() < 1e-4
-    assert np.abs(src.forward(idx) - out.logits.numpy()).max() < 1e-3
+    assert want.max() > 0.5
+    assert np.abs(explore.attention_maps(g, idx) - want).max() < 1e-4
+    assert np.abs(g.forward(idx) - out.logits.numpy()).max() < 1e-3
 
 
 def test_memory_limit_is_stated_and_enforced():
