@@ -1,5 +1,6 @@
 """Saves are atomic: a process killed with SIGKILL at a random moment of a save -- a tensor file
-(``save_safetensors``) or a whole training checkpoint (``save_checkpoint``) -- leaves at the path
+(``save_safetensors``), a whole training checkpoint (``save_checkpoint``) or an attention viewer
+page (``explore.write_html``) -- leaves at the path
 either the complete previous file or the complete new one, never a mix or a torn file; and the
 temporary files that such kills leave do not pile up (the next successful save removes those of
 dead writers).
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(not (hasattr(os, "fork") and hasattr(signal, "SI
 KILLS = 40
 N = 2_000_000  # floats in the tensor file: 8 MB
 CKPT_CFG = dict(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_embd=128)
+VIEW_T = 512  # tokens of the viewer page: 4 layers x 4 heads, about 5.6 MB
 
 HELPER = textwrap.dedent("""
     import os, select, sys, time
@@ -39,12 +41,29 @@ HELPER = textwrap.dedent("""
     from pyllm.tensorfile import save_safetensors
 
     kind, target, scratch = sys.argv[1:4]
+    VIEW_T = {VIEW_T}
+
+    def viewer_model():
+        tok = pyllm.CharTokenizer("ab")
+        cfg = pyllm.GPTConfig(vocab_size=2, block_size=VIEW_T, n_layer=4, n_head=4, n_embd=16)
+        return pyllm.GPT(cfg, seed=0), tok
     N, CFG = {N}, {CFG}
     if kind == "tensorfile":
         def save(g, path):  # version g: x = g + 1 everywhere but x[0] = g (a torn file shows)
             x = np.full(N, g + 1.0, np.float32)
             x[0] = g
             save_safetensors(path, {{"x": x}}, {{"gen": str(g)}})
+    elif kind == "viewer":
+        from pyllm import explore
+        from pyllm.tensorfile import atomic_write_text
+        model, tok = viewer_model()
+        pages = []
+        for g in (0, 1):  # version g: the page of "a" * T (g = 0) or "b" * T (g = 1), made by
+            explore.write_html(scratch, model, tok, "ab"[g] * VIEW_T, scores=False)  # write_html
+            with open(scratch, encoding="utf-8") as f:
+                pages.append(f.read())
+        def save(g, path):  # then written as write_html writes it (the maps are not recomputed
+            atomic_write_text(path, pages[g])  # every time, so that kills land mid-write)
     else:
         model = pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0)
         opt = pyllm.AdamW(model)
@@ -81,7 +100,7 @@ HELPER = textwrap.dedent("""
             saves += len(chunk)
         os.close(r)
         print("reaped %d %d" % (status, saves), flush=True)
-""").format(N=N, CFG=CKPT_CFG)
+""").format(N=N, CFG=CKPT_CFG, VIEW_T=VIEW_T)
 
 
 def _strays(directory, name):
@@ -108,6 +127,21 @@ def _check_tensorfile(path):
     return g
 
 
+def _check_viewer(path):
+    """The version of the viewer page at ``path`` (0: all "a", 1: all "b", 'old': "abab..."),
+    after checking that the page is whole: its end is there and its data decodes."""
+    import json
+    import re
+    from pyllm.viewer import decode_maps
+    html = path.read_text(encoding="utf-8")
+    assert html.rstrip().endswith("</html>"), "torn page"
+    data = json.loads(re.search(r'id="pyllm-data">(.*?)</script>', html, re.S).group(1))
+    maps = decode_maps(data["maps"], 4, 4, VIEW_T)
+    assert np.abs(maps.sum(-1) - 1).max() < VIEW_T * 0.5 / 65535  # rounding of each weight
+    text = "".join(data["tokens"])
+    return {"a" * VIEW_T: 0, "b" * VIEW_T: 1, "ab" * (VIEW_T // 2): "old"}[text]
+
+
 def _check_checkpoint(directory):
     model, optim, state = load_checkpoint(directory)
     g = state["step"] - 10
@@ -123,12 +157,19 @@ def _check_checkpoint(directory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint"])
+@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint", "viewer"])
 def test_save_is_atomic_under_sigkill(kind, tmp_path):
     if kind == "tensorfile":
         target = tmp_path / "model.safetensors"
         save_safetensors(target, {"x": np.full(N, -1.0, np.float32)}, {"gen": "old"})
         directory, name, check = tmp_path, target.name, _check_tensorfile
+    elif kind == "viewer":
+        from pyllm import explore
+        target = tmp_path / "heads.html"
+        cfg = pyllm.GPTConfig(vocab_size=2, block_size=VIEW_T, n_layer=4, n_head=4, n_embd=16)
+        explore.write_html(target, pyllm.GPT(cfg, seed=0), pyllm.CharTokenizer("ab"),
+                           "ab" * (VIEW_T // 2), scores=False)
+        directory, name, check = tmp_path, target.name, _check_viewer
     else:
         target = tmp_path / "run"
         model = pyllm.GPT(pyllm.GPTConfig(**CKPT_CFG), seed=0)
@@ -141,7 +182,7 @@ def test_save_is_atomic_under_sigkill(kind, tmp_path):
     env = dict(os.environ, PYLLM_BACKEND="numpy", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(pyllm.__file__))]
                                           + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-    scratch = tmp_path / "scratch" / (name if kind == "tensorfile" else "run")
+    scratch = tmp_path / "scratch" / (name if kind != "checkpoint" else "run")
     scratch.parent.mkdir()
     helper = subprocess.Popen([sys.executable, "-c", HELPER, kind, str(target), str(scratch)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
