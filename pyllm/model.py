@@ -291,37 +291,71 @@ class GPT:
                              % (shape, targets.shape))
         return targets
 
-    def loss(self, idx, targets):
-        """Mean cross-entropy of the next-token predictions (forward only); a Python float."""
+    @staticmethod
+    def _check_mask(mask, shape):
+        """None, or a bool array of ``shape`` with at least one True (the positions that count)."""
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            if m.dtype.kind not in "iuf" or not np.all((m == 0) | (m == 1)):
+                raise TypeError("mask must be a bool array (or 0/1 values), got dtype %s"
+                                % m.dtype)
+            m = m.astype(bool)
+        if m.shape != shape:
+            raise ValueError("mask must have the shape of idx %s, got %s" % (shape, m.shape))
+        if not m.any():
+            raise ValueError("mask selects no position: at least one entry must be True")
+        return m
+
+    @staticmethod
+    def _mean_loss(losses, mask):
+        if mask is None:
+            return float(losses.mean(dtype=np.float64))
+        return float(losses[mask].sum(dtype=np.float64) / np.count_nonzero(mask))
+
+    def loss(self, idx, targets, mask=None):
+        """Mean cross-entropy of the next-token predictions (forward only); a Python float.
+
+        ``mask`` (bool, shape of ``idx``) restricts the mean to the positions marked True, e.g.
+        the answer tokens of an instruction or the predictable half of a repeated sequence.
+        """
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
+        mask = self._check_mask(mask, idx.shape)
         a = self._forward(idx)
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
-        return float(a["losses"].mean(dtype=np.float64))
+        return self._mean_loss(a["losses"], mask)
 
     # ---- backward -----------------------------------------------------------------------------
 
-    def loss_and_grads(self, idx, targets, accumulate=False, loss_scale=1.0):
+    def loss_and_grads(self, idx, targets, accumulate=False, loss_scale=1.0, mask=None):
         """Mean cross-entropy and its gradient w.r.t. every parameter.
 
         Returns ``(loss, grads)``; ``grads`` is a :class:`GradDict` with the names and shapes of
         :meth:`state_dict`, views into the model's gradient slab (overwritten by the next call).
         ``accumulate=True`` adds into the existing gradients instead (gradient accumulation);
-        ``loss_scale`` multiplies the gradient (e.g. 1/steps when accumulating).
+        ``loss_scale`` multiplies the gradient (e.g. 1/steps when accumulating). ``mask`` (bool,
+        shape of ``idx``) restricts the loss to the positions marked True: the mean runs over
+        them only and the other positions contribute no gradient.
         """
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
+        mask = self._check_mask(mask, idx.shape)
         a = self._forward(idx)
         B, T = idx.shape
         C, V, NH = self.config.n_embd, self.config.vocab_size, self.config.n_head
         P, G = self._p.views, self._g.views
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
-        loss = float(a["losses"].mean(dtype=np.float64))
+        loss = self._mean_loss(a["losses"], mask)
         if not accumulate:
             self._g.flat.fill(0.0)
-        # dlogits (B,T,V) overwrites logits: (softmax - onehot) * loss_scale / (B*T)
+        # dlogits (B,T,V) overwrites logits: (softmax - onehot) * loss_scale / (number counted)
         dlogits = a["logits"]
-        ops.crossentropy_backward(dlogits, dlogits, targets, float(loss_scale) / (B * T))
+        n = B * T if mask is None else np.count_nonzero(mask)
+        ops.crossentropy_backward(dlogits, dlogits, targets, float(loss_scale) / n)
+        if mask is not None:
+            dlogits[~mask] = 0.0
         dres = a["dres"]                                              # dL/d residual stream
         ops.gemm(a["dC"].reshape(B * T, C), dlogits.reshape(B * T, V), P["wte.weight"])
         ops.gemm(G["wte.weight"], dlogits.reshape(B * T, V), a["ln_f"].reshape(B * T, C),
