@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import need_c
@@ -50,3 +51,52 @@ def test_bench_sample_quick_reports_both_backends():
     out = run_bench("bench_sample.py")
     assert re.search(r"pyllm-c\s+[\d.]+ \(", out) and re.search(r"pyllm-numpy\s+[\d.]+ \(", out)
     assert re.search(r"pyllm-c is [\d.]+x pyllm-numpy", out)
+
+
+def _induction_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "induction_heads", os.path.join(ROOT, "benchmarks", "induction_heads.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_induction_data_marks_exactly_the_predictable_copy():
+    """Repeat rows: the masked inputs form one block whose next tokens repeat the token one
+    period back, at a period other than the held-out one; skip-trigram rows follow pi."""
+    ih = _induction_module()
+    r = dict(ih.RECIPE)
+    perm = ih.trigram_map(r, 0)
+    x, y, mask = ih.make_batch(np.random.default_rng(1), r, perm, 400)
+    seq = np.concatenate([x, y[:, -1:]], axis=1)
+    n_rep = n_tri = 0
+    for b in range(len(x)):
+        if mask[b].all():
+            n_tri += 1
+            follows = seq[b, 2:] == perm[seq[b, :-2]]
+            assert follows.mean() > 0.6
+            continue
+        n_rep += 1
+        t = np.flatnonzero(mask[b])
+        assert len(t) >= 1 and np.all(np.diff(t) == 1)
+        P = len(t) + 1                               # predictions of copy tokens 2..P
+        assert r["pmin"] <= P <= r["pmax"] and P != r["eval_period"]
+        assert np.array_equal(y[b, t], seq[b, t + 1 - P])
+        # and the token before the block is the copy's first one, P back
+        assert seq[b, t[0]] == seq[b, t[0] - P]
+    assert n_rep > 100 and n_tri > 100
+
+
+def test_induction_heads_quick_reports_scores_ablations_control_and_plot(tmp_path):
+    svg = tmp_path / "ih.svg"
+    out = run_bench("induction_heads.py", "--out", str(svg))
+    for layer in range(2):
+        for head in range(4):
+            assert re.search(r"^%d\.%d\s+-?\d+\.\d\d\s+-?\d+\.\d\d" % (layer, head), out, re.M), out
+    assert re.search(r"induction\s*$", out, re.M) and "previous-token" in out
+    assert "1-layer step" in out
+    for n in range(1, 5):
+        assert re.search(r"^\s+%d\. " % n, out, re.M), out
+    text = svg.read_text()
+    assert text.count("<polyline") == 6 and "1-layer control" in text
