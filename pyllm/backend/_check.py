@@ -478,3 +478,81 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step,
     if not (math.isfinite(step) and int(step) == step and 1 <= step <= INT_MAX):
         raise ValueError("step must be an integer >= 1, got %r" % (step,))
     return n
+
+
+# ---- linear attention (feature maps and causal prefix sums) -----------------------------------
+
+def _ntd(name, a, dt, like=None, shape=None, out=False):
+    farr(name, a, dt, like=like, shape=shape, out=out)
+    if a.ndim != 3:
+        raise ValueError("%s must have shape (N, T, D), got %s" % (name, a.shape))
+    return a.shape
+
+
+def favor_features_forward(out, x, w, dt):
+    N, T, d = _ntd("x", x, dt)
+    farr("w", w, dt, like=x)
+    if w.ndim != 2 or w.shape[1] != d or w.shape[0] < 1:
+        raise ValueError("w must have shape (m, %d) with m >= 1, got %s" % (d, w.shape))
+    m = w.shape[0]
+    _ntd("out", out, dt, like=x, shape=(N, T, m), out=True)
+    no_alias("out", out, x=x, w=w)
+    return size("N", N), size("T", T), size("d", d, 1), size("m", m, 1)
+
+
+def favor_features_backward(dx, dout, out, x, w, dt):
+    N, T, d = _ntd("x", x, dt)
+    farr("w", w, dt, like=x)
+    if w.ndim != 2 or w.shape[1] != d or w.shape[0] < 1:
+        raise ValueError("w must have shape (m, %d) with m >= 1, got %s" % (d, w.shape))
+    m = w.shape[0]
+    _ntd("out", out, dt, like=x, shape=(N, T, m))
+    _ntd("dout", dout, dt, like=x, shape=(N, T, m))
+    _ntd("dx", dx, dt, like=x, shape=(N, T, d), out=True)
+    no_alias("dx", dx, dout=dout, out=out, x=x, w=w)
+    return N, T, d, m
+
+
+def elu_features_forward(out, x, dt):
+    N, T, d = _ntd("x", x, dt)
+    _ntd("out", out, dt, like=x, shape=(N, T, d), out=True)
+    return N, T, d
+
+
+def elu_features_backward(dx, dout, x, dt):
+    N, T, d = _ntd("x", x, dt)
+    _ntd("dout", dout, dt, like=x, shape=(N, T, d))
+    _ntd("dx", dx, dt, like=x, shape=(N, T, d), out=True)
+    no_alias("dx", dx, dout=dout, x=x)
+    return N, T, d
+
+
+def linear_attention_forward(out, den, qf, kf, v, dt):
+    N, T, m = _ntd("qf", qf, dt)
+    _ntd("kf", kf, dt, like=qf, shape=(N, T, m))
+    hd = _ntd("v", v, dt, like=qf)[2]
+    if v.shape[:2] != (N, T):
+        raise ValueError("v must have shape (%d, %d, hd), got %s" % (N, T, v.shape))
+    _ntd("out", out, dt, like=qf, shape=(N, T, hd), out=True)
+    farr("den", den, dt, like=qf, shape=(N, T), out=True)
+    no_alias("out", out, qf=qf, kf=kf, v=v, den=den)
+    no_alias("den", den, qf=qf, kf=kf, v=v)
+    return size("N", N), size("T", T), size("m", m, 1), size("hd", hd, 1)
+
+
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, dt):
+    N, T, m = _ntd("qf", qf, dt)
+    _ntd("kf", kf, dt, like=qf, shape=(N, T, m))
+    hd = _ntd("v", v, dt, like=qf)[2]
+    if v.shape[:2] != (N, T):
+        raise ValueError("v must have shape (%d, %d, hd), got %s" % (N, T, v.shape))
+    for name, a in (("dout", dout), ("out", out)):
+        _ntd(name, a, dt, like=qf, shape=(N, T, hd))
+    farr("den", den, dt, like=qf, shape=(N, T))
+    ins = dict(dout=dout, qf=qf, kf=kf, v=v, out=out, den=den)
+    for name, a, shape in (("dqf", dqf, (N, T, m)), ("dkf", dkf, (N, T, m)),
+                           ("dv", dv, (N, T, hd))):
+        if a is not None:
+            _ntd(name, a, dt, like=qf, shape=shape, out=True)
+            no_alias(name, a, **ins)
+    return size("N", N), size("T", T), size("m", m, 1), size("hd", hd, 1)

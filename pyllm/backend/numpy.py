@@ -313,6 +313,104 @@ class _Kernels:
     gemm = staticmethod(gemm)
 
 
+# ---- linear attention: feature maps and causal prefix sums ------------------------------------
+# Attention as kernel smoothing: out_t = sum_s K(q_t, k_s) v_s / sum_s K(q_t, k_s), s <= t.
+# With K(q, k) ~ phi(q) . phi(k) the sums become running (prefix) sums over s, so the cost is
+# linear in T. Arrays are per head: N = B * NH rows of T positions; m features, hd head size.
+
+LINATT_DEN_MIN = 1e-30    # the denominator guard: phi(q_t) . sum phi(k_s) is never below this
+
+
+def favor_features_forward(out, x, w, query):
+    """FAVOR+ positive random features (Performer): out (N,T,m) from x (N,T,d), w (m,d).
+
+    With u = x * d**-0.25: out = m**-0.5 * exp(u . w_i - |u|^2 / 2 - c), so that
+    E[phi(q) . phi(k)] = exp(q . k / sqrt(d)) * exp(-c_q - c_k) over Gaussian w. The stabiliser c
+    is the maximum of u . w_i - |u|^2 / 2 over the m features of each row for queries
+    (``query=True``), and over all T positions and m features of each of the N rows for keys
+    (one constant per row: it cancels in the normalised attention and keeps it causal).
+    """
+    N, T, d, m = chk.favor_features_forward(out, x, w, DT)
+    if N * T == 0:
+        return
+    u = x * x.dtype.type(d ** -0.25)
+    a = u @ w.T - 0.5 * (u * u).sum(axis=-1, keepdims=True)          # (N,T,m)
+    c = a.max(axis=-1, keepdims=True) if query else a.max(axis=(1, 2), keepdims=True)
+    out[...] = np.exp(a - c) * x.dtype.type(m ** -0.5)
+
+
+def favor_features_backward(dx, dout, out, x, w):
+    """dx (N,T,d) += d**-0.25 * (g @ w - u * sum_i g_i), g = dout * out.
+
+    d out_i / d u = out_i * (w_i - u); the stabiliser counts as a constant (its effect cancels
+    in the normalised attention)."""
+    N, T, d, m = chk.favor_features_backward(dx, dout, out, x, w, DT)
+    if N * T == 0:
+        return
+    s = x.dtype.type(d ** -0.25)
+    g = dout * out                                                     # (N,T,m)
+    dx += s * (g @ w - (x * s) * g.sum(axis=-1, keepdims=True))
+
+
+def elu_features_forward(out, x):
+    """out (N,T,d) = elu(x) + 1 (Katharopoulos et al. 2020): x + 1 for x > 0, exp(x) else."""
+    chk.elu_features_forward(out, x, DT)
+    out[...] = np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))
+
+
+def elu_features_backward(dx, dout, x):
+    """dx (N,T,d) += dout * (1 for x > 0, exp(x) else)."""
+    chk.elu_features_backward(dx, dout, x, DT)
+    dx += dout * np.where(x > 0, 1, np.exp(np.minimum(x, 0))).astype(x.dtype)
+
+
+def linear_attention_forward(out, den, qf, kf, v):
+    """Causal linear attention: out (N,T,hd), den (N,T) from qf, kf (N,T,m), v (N,T,hd).
+
+    S_t = sum_{s<=t} kf_s v_s^T (m,hd), z_t = sum_{s<=t} kf_s (m);
+    den_t = max(qf_t . z_t, LINATT_DEN_MIN), out_t = qf_t^T S_t / den_t. Only the running
+    S and z are kept (O(m hd) per row), never a (T, m, hd) tensor."""
+    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, DT)
+    S = np.zeros((N, m, hd), dtype=qf.dtype)
+    z = np.zeros((N, m), dtype=qf.dtype)
+    for t in range(T):
+        S += kf[:, t, :, None] * v[:, t, None, :]
+        z += kf[:, t]
+        den[:, t] = np.maximum(np.einsum("nm,nm->n", qf[:, t], z), LINATT_DEN_MIN)
+        out[:, t] = np.einsum("nm,nmh->nh", qf[:, t], S) / den[:, t, None]
+
+
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den):
+    """Gradients of :func:`linear_attention_forward` (added into dqf, dkf, dv; None skips).
+
+    With g_t = dout_t / den_t and e_t = -(dout_t . out_t) / den_t (zero where the guard held):
+    dqf_t = S_t g_t + e_t z_t            (S, z rebuilt by running the sums forwards again)
+    dkf_s = R_s v_s + r_s, dv_s = R_s^T kf_s, with R_s = sum_{t>=s} qf_t g_t^T and
+    r_s = sum_{t>=s} e_t qf_t            (running the sums backwards)."""
+    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, DT)
+    g = dout / den[..., None]                                          # (N,T,hd)
+    e = -(dout * out).sum(axis=-1) / den                               # (N,T)
+    e = np.where(den > LINATT_DEN_MIN, e, 0).astype(qf.dtype)
+    if dqf is not None:
+        S = np.zeros((N, m, hd), dtype=qf.dtype)
+        z = np.zeros((N, m), dtype=qf.dtype)
+        for t in range(T):
+            S += kf[:, t, :, None] * v[:, t, None, :]
+            z += kf[:, t]
+            dqf[:, t] += np.einsum("nmh,nh->nm", S, g[:, t]) + e[:, t, None] * z
+    if dkf is None and dv is None:
+        return
+    R = np.zeros((N, m, hd), dtype=qf.dtype)
+    r = np.zeros((N, m), dtype=qf.dtype)
+    for s in reversed(range(T)):
+        R += qf[:, s, :, None] * g[:, s, None, :]
+        r += e[:, s, None] * qf[:, s]
+        if dkf is not None:
+            dkf[:, s] += np.einsum("nmh,nh->nm", R, v[:, s]) + r
+        if dv is not None:
+            dv[:, s] += np.einsum("nmh,nm->nh", R, kf[:, s])
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):

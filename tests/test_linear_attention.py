@@ -1,0 +1,245 @@
+"""Linear attention (issue: attention as kernel smoothing): the FAVOR+ features are unbiased and
+converge like m^-1/2 to softmax attention, the causal prefix sums equal the materialised masked
+phi(Q) phi(K)^T computation, nothing leaks from the future, the guard holds, and the backward
+kernels match finite differences in float64. All against independent NumPy formulas."""
+import numpy as np
+import pytest
+
+from pyllm.backend import numpy as K
+from test_kernels import numeric_grad
+from pyllm.linear_attention import causal_linear_attention, random_features
+
+
+def softmax_attention(q, k, v):
+    """Exact causal softmax attention, float64: (N,T,d), (N,T,d), (N,T,hd) -> (N,T,hd)."""
+    d = q.shape[-1]
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(d)
+    T = q.shape[1]
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def favor_formula(x, w):
+    """Unstabilised FAVOR+ features, float64: m^-1/2 exp(u.w_i - |u|^2/2), u = x d^-1/4."""
+    d = x.shape[-1]
+    u = x * d ** -0.25
+    return np.exp(u @ w.T - 0.5 * (u * u).sum(-1, keepdims=True)) / np.sqrt(w.shape[0])
+
+
+def features(x, w=None, query=True):
+    out = np.empty(x.shape[:2] + ((w.shape[0],) if w is not None else (x.shape[2],)), x.dtype)
+    if w is None:
+        K.elu_features_forward(out, x)
+    else:
+        K.favor_features_forward(out, x, w, query)
+    return out
+
+
+def masked_reference(qf, kf, v):
+    """The quadratic computation: A = tril(qf kf^T), out = A v / A 1 (float64)."""
+    T = qf.shape[1]
+    A = np.tril(np.ones((T, T))) * (qf.astype(np.float64) @ kf.astype(np.float64).transpose(0, 2, 1))
+    return (A @ v.astype(np.float64)) / A.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_favor_estimator_is_unbiased(orthogonal):
+    rng = np.random.default_rng(0)
+    d, m = 8, 16
+    q, k = rng.standard_normal((2, 1, 1, d)) * 0.4
+    est = np.array([(favor_formula(q, w) * favor_formula(k, w)).sum()
+                    for w in (random_features(m, d, s, orthogonal, np.float64) for s in range(3000))])
+    want = np.exp((q * k).sum() / np.sqrt(d))
+    se = est.std(ddof=1) / np.sqrt(len(est))
+    assert abs(est.mean() - want) < 3 * se, (est.mean(), want, se)
+
+
+def test_random_features_rows_orthogonal_in_blocks_with_chi_norms():
+    w = random_features(20, 8, 1, True, np.float64)
+    for blk in (w[:8], w[8:16]):
+        g = blk @ blk.T
+        assert np.allclose(g - np.diag(np.diag(g)), 0, atol=1e-10)
+    norms = np.linalg.norm(random_features(4096, 8, 2, True, np.float64), axis=1)
+    # chi with 8 degrees of freedom: E[norm^2] = 8
+    assert abs((norms ** 2).mean() - 8) < 0.3
+    with pytest.raises(ValueError, match="m >= 1"):
+        random_features(0, 8, 0)
+
+
+def test_favor_kernel_is_the_formula_up_to_the_stabiliser():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 7, 8))
+    w = random_features(24, 8, 3, True, np.float64)
+    ref = favor_formula(x, w)
+    q = features(x, w, True)
+    ratio = q / ref                     # one constant per query row
+    assert np.allclose(ratio, ratio[..., :1], rtol=1e-9)
+    assert np.allclose(q.max(-1), 24 ** -0.5)        # the largest feature of a row is m^-1/2
+    kk = features(x, w, False)
+    ratio = kk / ref                    # one constant per key row n, across all T and m
+    assert np.allclose(ratio, ratio[:, :1, :1], rtol=1e-9)
+
+
+def test_favor_converges_like_inverse_sqrt_m_and_orthogonal_does_no_worse():
+    rng = np.random.default_rng(2)
+    N, T, d = 4, 32, 16
+    q, k = rng.standard_normal((2, N, T, d)) * 0.5
+    v = rng.standard_normal((N, T, d))
+    exact = softmax_attention(q, k, v)
+    ms = [16, 32, 64, 128, 256, 512, 1024]
+    err = {True: [], False: []}
+    for orth in (True, False):
+        for m in ms:
+            e = [np.linalg.norm(causal_linear_attention(
+                q, k, v, "favor", random_features(m, d, 100 * s + m, orth, np.float64)) - exact)
+                / np.linalg.norm(exact) for s in range(6)]
+            err[orth].append(np.mean(e))
+    for orth in (True, False):
+        slope = np.polyfit(np.log(ms), np.log(err[orth]), 1)[0]
+        assert -0.7 <= slope <= -0.3, (orth, slope, err[orth])
+    assert np.mean(err[True]) <= 1.05 * np.mean(err[False]), err
+
+
+@pytest.mark.parametrize("kernel", ["favor", "linear"])
+def test_causality_nothing_leaks_from_the_future(kernel):
+    rng = np.random.default_rng(3)
+    N, T, d = 2, 20, 8
+    q, k, v = (rng.standard_normal((N, T, d)).astype(np.float32) for _ in range(3))
+    w = random_features(32, d, 4) if kernel == "favor" else None
+    base = causal_linear_attention(q, k, v, kernel, w)
+    t = 9
+    k2, v2, q2 = k.copy(), v.copy(), q.copy()
+    k2[:, t + 1:] = rng.standard_normal(k2[:, t + 1:].shape) * 3
+    v2[:, t + 1:] = rng.standard_normal(v2[:, t + 1:].shape) * 3
+    q2[:, t + 1:] = rng.standard_normal(q2[:, t + 1:].shape) * 3
+    out = causal_linear_attention(q2, k2, v2, kernel, w)
+    assert np.abs(out[:, :t + 1] - base[:, :t + 1]).max() <= 1e-6
+    assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("kernel", ["favor", "linear"])
+def test_prefix_sums_equal_the_materialised_masked_product(dtype, tol, kernel):
+    rng = np.random.default_rng(4)
+    N, T, d, hd = 3, 33, 8, 5
+    q, k = (rng.standard_normal((N, T, d)).astype(dtype) for _ in range(2))
+    v = rng.standard_normal((N, T, hd)).astype(dtype)
+    w = random_features(40, d, 5, True, dtype) if kernel == "favor" else None
+    qf, kf = features(q, w, True), features(k, w, False)
+    out = np.empty((N, T, hd), dtype)
+    den = np.empty((N, T), dtype)
+    K.linear_attention_forward(out, den, qf, kf, v)
+    assert np.abs(out - masked_reference(qf, kf, v)).max() <= tol
+
+
+def test_inputs_times_ten_stay_finite_and_convex():
+    """q, k, v x 10: no overflow, no NaN; every output row whose weights did not all underflow in
+    float32 is a convex combination of the values it may see (rows whose weights underflow lean
+    on the denominator guard; a running-max rescaling of the sums would keep them positive)."""
+    rng = np.random.default_rng(5)
+    N, T, d = 2, 16, 16
+    q, k, v = (rng.standard_normal((N, T, d)).astype(np.float32) * 10 for _ in range(3))
+    w = random_features(64, d, 6)
+    qf, kf = features(q, w, True), features(k, w, False)
+    assert np.all(qf >= 0) and np.all(kf >= 0) and np.all(qf.max(-1) > 0)
+    out = causal_linear_attention(q, k, v, "favor", w)
+    assert np.all(np.isfinite(out))
+    A = np.tril(np.ones((T, T), np.float32)) * (qf @ kf.transpose(0, 2, 1))
+    assert np.all(A >= 0)
+    live = 0
+    for n in range(N):
+        for t in range(T):
+            if A[n, t].sum() > 1e-20:
+                live += 1
+                lo, hi = v[n, :t + 1].min(0), v[n, :t + 1].max(0)
+                assert np.all(out[n, t] >= lo - 1e-3) and np.all(out[n, t] <= hi + 1e-3)
+    assert live > 0
+
+
+def test_denominator_guard_never_divides_by_zero():
+    N, T, m, hd = 1, 4, 3, 2
+    qf = np.zeros((N, T, m), np.float32)
+    kf = np.ones((N, T, m), np.float32)
+    v = np.ones((N, T, hd), np.float32)
+    out = np.empty((N, T, hd), np.float32)
+    den = np.empty((N, T), np.float32)
+    K.linear_attention_forward(out, den, qf, kf, v)
+    assert np.all(out == 0) and np.all(den == np.float32(K.LINATT_DEN_MIN))
+    dq, dk, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
+    K.linear_attention_backward(dq, dk, dv, np.ones_like(out), qf, kf, v, out, den)
+    assert all(np.all(np.isfinite(g)) for g in (dq, dk, dv))
+
+
+def _fd_check(loss, analytic, x, rng):
+    for i, num in numeric_grad(loss, x, max_points=25, rng=rng).items():
+        assert abs(analytic.reshape(-1)[i] - num) <= 1e-7 + 1e-6 * abs(num), (i, num)
+
+
+def test_linear_attention_backward_matches_finite_differences():
+    rng = np.random.default_rng(6)
+    N, T, m, hd = 2, 9, 5, 4
+    qf, kf = (np.exp(rng.standard_normal((N, T, m))) for _ in range(2))
+    v = rng.standard_normal((N, T, hd))
+    R = rng.standard_normal((N, T, hd))
+
+    def loss():
+        out, den = np.empty((N, T, hd)), np.empty((N, T))
+        K.linear_attention_forward(out, den, qf, kf, v)
+        return float((out * R).sum())
+    out, den = np.empty((N, T, hd)), np.empty((N, T))
+    K.linear_attention_forward(out, den, qf, kf, v)
+    dq, dk, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
+    K.linear_attention_backward(dq, dk, dv, R, qf, kf, v, out, den)
+    for x, g in ((qf, dq), (kf, dk), (v, dv)):
+        _fd_check(loss, g, x, rng)
+    # None skips a gradient; the others are unchanged
+    dq2 = np.zeros_like(qf)
+    K.linear_attention_backward(dq2, None, None, R, qf, kf, v, out, den)
+    np.testing.assert_allclose(dq2, dq, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["favor", "linear"])
+def test_feature_backward_through_normalised_attention_matches_finite_differences(kernel):
+    """The stabiliser cancels in the normalised attention, so FD of the whole path checks the
+    feature map's backward (which treats it as a constant)."""
+    rng = np.random.default_rng(7)
+    N, T, d, hd = 2, 7, 6, 3
+    q, k = rng.standard_normal((2, N, T, d))
+    v = rng.standard_normal((N, T, hd))
+    R = rng.standard_normal((N, T, hd))
+    w = random_features(10, d, 8, True, np.float64) if kernel == "favor" else None
+
+    def loss():
+        return float((causal_linear_attention(q, k, v, kernel, w) * R).sum())
+    qf, kf = features(q, w, True), features(k, w, False)
+    out, den = np.empty((N, T, hd)), np.empty((N, T))
+    K.linear_attention_forward(out, den, qf, kf, v)
+    dqf, dkf = np.zeros_like(qf), np.zeros_like(kf)
+    K.linear_attention_backward(dqf, dkf, None, R, qf, kf, v, out, den)
+    dq, dk = np.zeros_like(q), np.zeros_like(k)
+    if kernel == "favor":
+        K.favor_features_backward(dq, dqf, qf, q, w)
+        K.favor_features_backward(dk, dkf, kf, k, w)
+    else:
+        K.elu_features_backward(dq, dqf, q)
+        K.elu_features_backward(dk, dkf, k)
+    for x, g in ((q, dq), (k, dk)):
+        _fd_check(loss, g, x, rng)
+
+
+def test_bad_arguments_are_refused_by_name():
+    x = np.zeros((2, 3, 4), np.float32)
+    w = np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match="w must have shape"):
+        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, np.zeros((5, 3), np.float32), True)
+    with pytest.raises(ValueError, match="out"):
+        K.favor_features_forward(np.empty((2, 3, 4), np.float32), x, w, True)
+    with pytest.raises(ValueError, match="v must have shape"):
+        K.linear_attention_forward(np.empty((2, 3, 4), np.float32), np.empty((2, 3), np.float32),
+                                   x, x, np.zeros((2, 4, 4), np.float32))
+    with pytest.raises(TypeError):
+        K.linear_attention_forward(np.empty((2, 3, 4), np.float32), np.empty((2, 3), np.float32),
+                                   x, x.astype(np.float64), x)
+    with pytest.raises(ValueError, match="kernel must be"):
+        causal_linear_attention(x, x, x, "cosine")
