@@ -10,7 +10,8 @@ rows, drawn afresh every step (``--set KEY=VALUE`` changes any entry of ``RECIPE
 * repeat rows: random tokens in which a random segment of period P (3..16, never
   ``--eval-period``) is copied right after itself at a random offset. The loss counts only the
   copy's tokens 2..P (``GPT.loss_and_grads(mask=)``): induction predicts them, nothing else does.
-  ``layout=pairs`` plants bigrams A B that come back later as A -> B instead.
+  ``layout=pairs`` plants bigrams A B that come back later as A -> B instead; ``layout=mixed``
+  makes half the repeat rows of each kind.
 * skip-trigram rows: random tokens where, with probability 0.9, x[t] = pi(x[t-2]) for a fixed
   random permutation pi; predicting them needs the previous token, so layer 0 grows a
   previous-token head within a few hundred steps.
@@ -73,7 +74,7 @@ def make_batch(rng, r, perm, B):
                 else:
                     hit[t] = False
             mask[b] = True
-        elif r["layout"] == "pairs":
+        elif r["layout"] == "pairs" or (r["layout"] == "mixed" and rng.random() < 0.5):
             # n_pairs bigrams A B, each seen again later as A -> B at a distance d that is not
             # the eval period; only those second B's count
             used = np.zeros(T + 1, dtype=bool)

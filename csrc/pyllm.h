@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 4
+#define PYLLM_ABI_VERSION 5
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -108,6 +108,22 @@ int attention_decode(float *out, float *kcache, float *vcache, const float *qkv,
 int gpt_decode_step(float *logits, float *cache, float *scratch, const int32_t *tok,
                     const float *const *weights, int B, int pos, int maxT, int V, int C, int NH,
                     int L);
+
+/* linear_attention.c: per-head rows N = B*NH of T positions; x (N,T,d), w (m,d), features (N,T,m),
+   v and out (N,T,hd), den (N,T). FAVOR+ features (query: stabiliser per row; else per n); elu+1
+   features over n floats; causal linear attention by prefix sums and its backward (dqf, dkf,
+   dv may be NULL; gradients are added) */
+int favor_features_forward(float *out, const float *x, const float *w, int N, int T, int d, int m,
+                           int query);
+int favor_features_backward(float *dx, const float *dout, const float *out, const float *x,
+                            const float *w, int N, int T, int d, int m);
+int elu_features_forward(float *out, const float *x, int64_t n);
+int elu_features_backward(float *dx, const float *dout, const float *x, int64_t n);
+int linear_attention_forward(float *out, float *den, const float *qf, const float *kf,
+                             const float *v, int N, int T, int m, int hd);
+int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *dout,
+                              const float *qf, const float *kf, const float *v, const float *out,
+                              const float *den, int N, int T, int m, int hd);
 
 /* adamw.c: one AdamW step over n parameters (bias-corrected moments, decoupled weight decay) */
 int adamw_update(float *params, const float *grads, float *m, float *v, int64_t n, float lr,

@@ -9,12 +9,14 @@ become running sums (``ops.linear_attention_forward``): cost linear in T. The de
 feature map elu(x) + 1 (Katharopoulos et al. 2020) goes through the same sums.
 
 The kernels (``favor_features_forward``, ``elu_features_forward``, ``linear_attention_forward``
-and their backwards) are written in the NumPy backend, their specification; this module calls
-those directly, whatever backend is selected, until the C versions exist.
+and their backwards) are in both backends: ``csrc/linear_attention.c`` and its specification in
+``pyllm/backend/numpy.py``. float32 goes through the selected backend, float64 (for
+finite-difference checks) through the NumPy one.
 """
 import numpy as np
 
-from .backend import numpy as ops
+from .backend import numpy as _spec
+from .backend import ops
 
 
 def random_features(m, d, rng, orthogonal=True, dtype=np.float32):
@@ -46,21 +48,22 @@ def causal_linear_attention(q, k, v, kernel="favor", w=None):
 
     ``kernel="favor"`` needs ``w`` (m, d) from :func:`random_features`; ``kernel="linear"`` uses
     elu(x) + 1. Returns out (N, T, hd) in the dtype of q (all arrays share it)."""
+    k_ = ops if q.dtype == np.float32 else _spec
     if kernel == "favor":
         if w is None:
             raise ValueError("kernel='favor' needs w=random_features(m, d, rng)")
         m = w.shape[0]
         qf = np.empty(q.shape[:2] + (m,), dtype=q.dtype)
         kf = np.empty(k.shape[:2] + (m,), dtype=q.dtype)
-        ops.favor_features_forward(qf, q, w, True)
-        ops.favor_features_forward(kf, k, w, False)
+        k_.favor_features_forward(qf, q, w, True)
+        k_.favor_features_forward(kf, k, w, False)
     elif kernel == "linear":
         qf, kf = np.empty_like(q), np.empty_like(k)
-        ops.elu_features_forward(qf, q)
-        ops.elu_features_forward(kf, k)
+        k_.elu_features_forward(qf, q)
+        k_.elu_features_forward(kf, k)
     else:
         raise ValueError("kernel must be 'favor' or 'linear', got %r" % (kernel,))
     out = np.empty(v.shape, dtype=q.dtype)
     den = np.empty(q.shape[:2], dtype=q.dtype)
-    ops.linear_attention_forward(out, den, qf, kf, v)
+    k_.linear_attention_forward(out, den, qf, kf, v)
     return out

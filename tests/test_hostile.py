@@ -623,6 +623,41 @@ def attention_probs_output_over_its_input(be):
     _k(be).attention_probs(buf, buf.reshape(-1)[:24].reshape(1, 2, 12), e32(1, 2, 2), 2)
 
 
+@child_case(K, ValueError, "w must have shape (m, 4) with m >= 1, got (5, 3)")
+def favor_features_w_of_the_wrong_width(be):
+    _k(be).favor_features_forward(e32(2, 3, 5), f32(2, 3, 4), f32(5, 3), True)
+
+
+@child_case(K, ValueError, "v must have shape (2, 3, hd), got (2, 4, 4)")
+def linear_attention_v_of_another_length(be):
+    _k(be).linear_attention_forward(e32(2, 3, 4), e32(2, 3), f32(2, 3, 5), f32(2, 3, 5),
+                                    f32(2, 4, 4))
+
+
+@child_case(K, ValueError, "den must not overlap")
+def linear_attention_den_over_its_input(be):
+    qf = np.abs(f32(2, 3, 5))
+    _k(be).linear_attention_forward(e32(2, 3, 4), qf.reshape(-1)[:6].reshape(2, 3), qf,
+                                    np.abs(f32(2, 3, 5)), f32(2, 3, 4))
+
+
+@child_case(K, ValueError, "dqf must not overlap")
+def linear_attention_backward_gradient_over_its_input(be):
+    qf, kf, v = np.abs(f32(2, 3, 5)), np.abs(f32(2, 3, 5)), f32(2, 3, 4)
+    _k(be).linear_attention_backward(qf, None, None, f32(2, 3, 4), qf, kf, v, f32(2, 3, 4),
+                                     np.ones((2, 3), np.float32))
+
+
+@child_case(A)
+def linear_attention_with_nan(be):
+    x = hostile(2, 6, 4)
+    agree("elu_features_forward", [z32(2, 6, 4), x], [0])
+    w = f32(8, 4, seed=1)
+    agree("favor_features_forward", [z32(2, 6, 8), x, w, True], [0])
+    qf, kf = np.abs(f32(2, 6, 8)), np.abs(f32(2, 6, 8, seed=2))
+    agree("linear_attention_forward", [z32(2, 6, 4), z32(2, 6), qf, kf, hostile(2, 6, 4)], [0])
+
+
 # ==== the model, the optimiser, backend settings =================================================
 
 M = "model"

@@ -243,3 +243,84 @@ def test_bad_arguments_are_refused_by_name():
                                    x, x.astype(np.float64), x)
     with pytest.raises(ValueError, match="kernel must be"):
         causal_linear_attention(x, x, x, "cosine")
+
+
+# ---- the C kernels against the NumPy specification --------------------------------------------
+
+def _c():
+    from conftest import need_c
+    need_c()
+    from pyllm.backend import c
+    return c
+
+
+def _case(rng, N=3, T=37, d=16, m=24, hd=8):
+    q, k = (rng.standard_normal((N, T, d)).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal((N, T, hd)).astype(np.float32)
+    w = random_features(m, d, rng)
+    return q, k, v, w
+
+
+def test_c_kernels_match_the_numpy_specification():
+    C = _c()
+    rng = np.random.default_rng(9)
+    q, k, v, w = _case(rng)
+    N, T, d = q.shape
+    m, hd = w.shape[0], v.shape[2]
+    res = {}
+    for name, be in (("numpy", K), ("c", C)):
+        qf, kf = np.empty((N, T, m), np.float32), np.empty((N, T, m), np.float32)
+        be.favor_features_forward(qf, q, w, True)
+        be.favor_features_forward(kf, k, w, False)
+        eq, ek = np.empty_like(q), np.empty_like(k)
+        be.elu_features_forward(eq, q)
+        be.elu_features_forward(ek, k)
+        out, den = np.empty((N, T, hd), np.float32), np.empty((N, T), np.float32)
+        be.linear_attention_forward(out, den, qf, kf, v)
+        dout = np.asarray(np.random.default_rng(1).standard_normal(out.shape), np.float32)
+        dqf, dkf, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
+        be.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den)
+        dq, dk = np.full_like(q, 0.5), np.zeros_like(k)            # backwards add into dx
+        be.favor_features_backward(dq, dqf, qf, q, w)
+        be.elu_features_backward(dk, np.ascontiguousarray(dkf[..., :d]), k)
+        res[name] = dict(qf=qf, kf=kf, eq=eq, out=out, den=den, dqf=dqf, dkf=dkf, dv=dv, dq=dq,
+                         dk=dk)
+    for key, a in res["numpy"].items():
+        b = res["c"][key]
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5 * max(1.0, np.abs(a).max()),
+                                   err_msg=key)
+
+
+def test_c_kernels_same_bits_for_any_thread_count():
+    C = _c()
+    import pyllm
+    rng = np.random.default_rng(10)
+    q, k, v, w = _case(rng, N=7, T=29)
+    outs = []
+    old = pyllm.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            pyllm.set_num_threads(n)
+            pyllm.set_backend("c")
+            out = causal_linear_attention(q, k, v, "favor", w)
+            qf = np.empty(q.shape[:2] + (w.shape[0],), np.float32)
+            C.favor_features_forward(qf, q, w, True)
+            dq = np.zeros_like(q)
+            C.favor_features_backward(dq, qf, qf, q, w)
+            outs.append((out, dq))
+    finally:
+        pyllm.set_num_threads(old)
+        pyllm.set_backend("auto")
+    for o, g in outs[1:]:
+        assert np.array_equal(o, outs[0][0]) and np.array_equal(g, outs[0][1])
+
+
+def test_c_path_refuses_float64_and_bad_shapes_before_c():
+    C = _c()
+    x = np.zeros((2, 3, 4), np.float64)
+    with pytest.raises(TypeError, match="dtype"):
+        C.elu_features_forward(np.empty_like(x), x)
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="kf"):
+        C.linear_attention_forward(np.empty((2, 3, 4), np.float32), np.empty((2, 3), np.float32),
+                                   x, np.zeros((2, 3, 5), np.float32), x)

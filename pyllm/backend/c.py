@@ -178,6 +178,46 @@ class Decoder:
         return self.logits
 
 
+# ---- linear attention ------------------------------------------------------------------------
+
+LINATT_DEN_MIN = 1e-30
+
+
+def favor_features_forward(out, x, w, query):
+    N, T, d, m = chk.favor_features_forward(out, x, w, DT)
+    _ok("favor_features_forward", lib.favor_features_forward(_f(out), _f(x), _f(w), N, T, d, m,
+                                                             int(bool(query))))
+
+
+def favor_features_backward(dx, dout, out, x, w):
+    N, T, d, m = chk.favor_features_backward(dx, dout, out, x, w, DT)
+    _ok("favor_features_backward", lib.favor_features_backward(_f(dx), _f(dout), _f(out), _f(x),
+                                                               _f(w), N, T, d, m))
+
+
+def elu_features_forward(out, x):
+    chk.elu_features_forward(out, x, DT)
+    _ok("elu_features_forward", lib.elu_features_forward(_f(out), _f(x), x.size))
+
+
+def elu_features_backward(dx, dout, x):
+    chk.elu_features_backward(dx, dout, x, DT)
+    _ok("elu_features_backward", lib.elu_features_backward(_f(dx), _f(dout), _f(x), x.size))
+
+
+def linear_attention_forward(out, den, qf, kf, v):
+    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, DT)
+    _ok("linear_attention_forward", lib.linear_attention_forward(_f(out), _f(den), _f(qf), _f(kf),
+                                                                 _f(v), N, T, m, hd))
+
+
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den):
+    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, DT)
+    _ok("linear_attention_backward", lib.linear_attention_backward(
+        _f(dqf), _f(dkf), _f(dv), _f(dout), _f(qf), _f(kf), _f(v), _f(out), _f(den),
+        N, T, m, hd))
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -1,0 +1,213 @@
+/* linear_attention.c -- attention as kernel smoothing with feature maps and causal prefix sums.
+ *
+ * Arrays are per head: N = B * NH rows of T positions; d the input size, m the number of
+ * features, hd the value size. The NumPy twins (backend/numpy.py) are the specification.
+ *
+ * favor_features:  u = x d^-1/4;  a_i = u . w_i - |u|^2 / 2;  out_i = m^-1/2 exp(a_i - c)
+ *                  c = max_i a_i per (n, t) for queries, max over (t, i) per n for keys
+ *   backward:      dx += d^-1/4 (g @ w - u sum_i g_i),  g = dout * out   (c held constant)
+ * elu_features:    out = x + 1 (x > 0), exp(x) (x <= 0);  dx += dout * (1 or exp(x))
+ * linear_attention (causal):
+ *   S_t = sum_{s<=t} kf_s v_s^T (m, hd),  z_t = sum_{s<=t} kf_s (m)
+ *   den_t = max(qf_t . z_t, LINATT_DEN_MIN),  out_t = qf_t^T S_t / den_t
+ *   backward, g_t = dout_t / den_t, e_t = -(dout_t . out_t) / den_t (0 where the guard held):
+ *   dqf_t += S_t g_t + e_t z_t                (S, z rebuilt running forwards)
+ *   dkf_s += R_s v_s + r_s, dv_s += R_s^T kf_s,
+ *   R_s = sum_{t>=s} qf_t g_t^T, r_s = sum_{t>=s} e_t qf_t   (running backwards)
+ * Only the running state (m hd + m floats per row) is kept, never a (T, m, hd) tensor. Rows are
+ * independent and split over threads, each computed in one fixed order: the same bits for any
+ * thread count.
+ */
+#include "internal.h"
+#include <stdlib.h>
+
+#define LINATT_DEN_MIN 1e-30f
+
+int favor_features_forward(float *out, const float *x, const float *w, int N, int T, int d, int m,
+                           int query) {
+    if (N < 0 || T < 0 || d < 1 || m < 1) return PYLLM_ERR_SIZE;
+    if (!out || !x || !w) return PYLLM_ERR_NULL;
+    const float s = powf((float)d, -0.25f), norm = 1.0f / sqrtf((float)m);
+    PYLLM_PARALLEL_FOR
+    for (int n = 0; n < N; n++) {
+        float cmax = -INFINITY;
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + ((size_t)n * T + t) * d;
+            float *o = out + ((size_t)n * T + t) * m;
+            float h = 0.0f;
+            for (int j = 0; j < d; j++) h += (xr[j] * s) * (xr[j] * s);
+            h *= 0.5f;
+            float rmax = -INFINITY;
+            for (int i = 0; i < m; i++) {
+                const float *wi = w + (size_t)i * d;
+                float a = 0.0f;
+                for (int j = 0; j < d; j++) a += (xr[j] * s) * wi[j];
+                a -= h;
+                o[i] = a;
+                if (a > rmax) rmax = a;
+            }
+            if (query) {
+                for (int i = 0; i < m; i++) o[i] = expf(o[i] - rmax) * norm;
+            } else if (rmax > cmax) {
+                cmax = rmax;
+            }
+        }
+        if (!query) {
+            float *o = out + (size_t)n * T * m;
+            for (size_t i = 0; i < (size_t)T * m; i++) o[i] = expf(o[i] - cmax) * norm;
+        }
+    }
+    return PYLLM_OK;
+}
+
+int favor_features_backward(float *dx, const float *dout, const float *out, const float *x,
+                            const float *w, int N, int T, int d, int m) {
+    if (N < 0 || T < 0 || d < 1 || m < 1) return PYLLM_ERR_SIZE;
+    if (!dx || !dout || !out || !x || !w) return PYLLM_ERR_NULL;
+    const float s = powf((float)d, -0.25f);
+    PYLLM_PARALLEL_FOR
+    for (int n = 0; n < N; n++) {
+        for (int t = 0; t < T; t++) {
+            size_t r = (size_t)n * T + t;
+            const float *go = dout + r * m, *o = out + r * m, *xr = x + r * d;
+            float *dxr = dx + r * d;
+            float gsum = 0.0f;
+            for (int i = 0; i < m; i++) gsum += go[i] * o[i];
+            for (int j = 0; j < d; j++) {
+                float acc = 0.0f;
+                for (int i = 0; i < m; i++) acc += go[i] * o[i] * w[(size_t)i * d + j];
+                dxr[j] += s * (acc - (xr[j] * s) * gsum);
+            }
+        }
+    }
+    return PYLLM_OK;
+}
+
+int elu_features_forward(float *out, const float *x, int64_t n) {
+    if (n < 0) return PYLLM_ERR_SIZE;
+    if (n > 0 && (!out || !x)) return PYLLM_ERR_NULL;
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
+    return PYLLM_OK;
+}
+
+int elu_features_backward(float *dx, const float *dout, const float *x, int64_t n) {
+    if (n < 0) return PYLLM_ERR_SIZE;
+    if (n > 0 && (!dx || !dout || !x)) return PYLLM_ERR_NULL;
+    for (int64_t i = 0; i < n; i++) dx[i] += dout[i] * (x[i] > 0.0f ? 1.0f : expf(x[i]));
+    return PYLLM_OK;
+}
+
+int linear_attention_forward(float *out, float *den, const float *qf, const float *kf,
+                             const float *v, int N, int T, int m, int hd) {
+    if (N < 0 || T < 0 || m < 1 || hd < 1) return PYLLM_ERR_SIZE;
+    if (!out || !den || !qf || !kf || !v) return PYLLM_ERR_NULL;
+    int status = PYLLM_OK;
+    PYLLM_PARALLEL_FOR
+    for (int n = 0; n < N; n++) {
+        float *S = (float *)calloc((size_t)m * hd + m, sizeof(float));
+        if (!S) {
+            status = PYLLM_ERR_NOMEM; /* every failing thread writes the same value */
+            continue;
+        }
+        float *z = S + (size_t)m * hd;
+        for (int t = 0; t < T; t++) {
+            size_t r = (size_t)n * T + t;
+            const float *k = kf + r * m, *q = qf + r * m, *vr = v + r * hd;
+            float *o = out + r * hd;
+            for (int i = 0; i < m; i++) {
+                z[i] += k[i];
+                float *Si = S + (size_t)i * hd;
+                for (int j = 0; j < hd; j++) Si[j] += k[i] * vr[j];
+            }
+            float dn = 0.0f;
+            for (int i = 0; i < m; i++) dn += q[i] * z[i];
+            if (!(dn > LINATT_DEN_MIN)) dn = LINATT_DEN_MIN;
+            den[r] = dn;
+            for (int j = 0; j < hd; j++) o[j] = 0.0f;
+            for (int i = 0; i < m; i++) {
+                const float *Si = S + (size_t)i * hd;
+                for (int j = 0; j < hd; j++) o[j] += q[i] * Si[j];
+            }
+            for (int j = 0; j < hd; j++) o[j] /= dn;
+        }
+        free(S);
+    }
+    return status;
+}
+
+/* g = dout_t / den_t into g (hd); returns e_t = -(dout_t . out_t) / den_t, 0 where the guard held */
+static float out_grads(float *g, const float *go, const float *o, float dn, int hd) {
+    float e = 0.0f;
+    for (int j = 0; j < hd; j++) {
+        g[j] = go[j] / dn;
+        e += go[j] * o[j];
+    }
+    return dn > LINATT_DEN_MIN ? -e / dn : 0.0f;
+}
+
+int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *dout,
+                              const float *qf, const float *kf, const float *v, const float *out,
+                              const float *den, int N, int T, int m, int hd) {
+    if (N < 0 || T < 0 || m < 1 || hd < 1) return PYLLM_ERR_SIZE;
+    if (!dout || !qf || !kf || !v || !out || !den) return PYLLM_ERR_NULL;
+    int status = PYLLM_OK;
+    PYLLM_PARALLEL_FOR
+    for (int n = 0; n < N; n++) {
+        float *S = (float *)calloc(((size_t)m * hd + m) + hd, sizeof(float));
+        if (!S) {
+            status = PYLLM_ERR_NOMEM;
+            continue;
+        }
+        float *z = S + (size_t)m * hd, *g = z + m;
+        if (dqf) {
+            for (int t = 0; t < T; t++) {
+                size_t r = (size_t)n * T + t;
+                const float *k = kf + r * m, *vr = v + r * hd;
+                float e = out_grads(g, dout + r * hd, out + r * hd, den[r], hd);
+                float *dq = dqf + r * m;
+                for (int i = 0; i < m; i++) {
+                    z[i] += k[i];
+                    float *Si = S + (size_t)i * hd, acc = 0.0f;
+                    for (int j = 0; j < hd; j++) {
+                        Si[j] += k[i] * vr[j];
+                        acc += Si[j] * g[j];
+                    }
+                    dq[i] += acc + e * z[i];
+                }
+            }
+        }
+        if (dkf || dv) {
+            float *R = S, *rr = z; /* reuse the scratch, zeroed again */
+            for (size_t i = 0; i < (size_t)m * hd + m; i++) S[i] = 0.0f;
+            for (int t = T - 1; t >= 0; t--) {
+                size_t r = (size_t)n * T + t;
+                const float *q = qf + r * m, *k = kf + r * m, *vr = v + r * hd;
+                float e = out_grads(g, dout + r * hd, out + r * hd, den[r], hd);
+                for (int i = 0; i < m; i++) {
+                    float *Ri = R + (size_t)i * hd;
+                    for (int j = 0; j < hd; j++) Ri[j] += q[i] * g[j];
+                    rr[i] += e * q[i];
+                }
+                if (dkf) {
+                    float *dk = dkf + r * m;
+                    for (int i = 0; i < m; i++) {
+                        const float *Ri = R + (size_t)i * hd;
+                        float acc = 0.0f;
+                        for (int j = 0; j < hd; j++) acc += Ri[j] * vr[j];
+                        dk[i] += acc + rr[i];
+                    }
+                }
+                if (dv) {
+                    float *dvr = dv + r * hd;
+                    for (int j = 0; j < hd; j++) {
+                        float acc = 0.0f;
+                        for (int i = 0; i < m; i++) acc += R[(size_t)i * hd + j] * k[i];
+                        dvr[j] += acc;
+                    }
+                }
+            }
+        }
+        free(S);
+    }
+    return status;
+}
