@@ -100,3 +100,14 @@ def test_induction_heads_quick_reports_scores_ablations_control_and_plot(tmp_pat
         assert re.search(r"^\s+%d\. " % n, out, re.M), out
     text = svg.read_text()
     assert text.count("<polyline") == 6 and "1-layer control" in text
+
+
+def test_bench_attention_quick_times_the_three_kernels():
+    out = run_bench("bench_attention.py")
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out,
+                      re.M)
+    assert len(rows) == 4, out                      # T = 64, 128 at head sizes 32 and 64
+    for T, sm, fav, lin, r1, r2 in rows:
+        assert float(sm) > 0 and float(fav) > 0 and float(lin) > 0
+        assert abs(float(r1) - float(fav) / float(sm)) < 0.01 + 0.01 * float(r1)
+    assert out.count("crossover:") == 2
