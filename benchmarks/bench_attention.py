@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyllm  # noqa: E402
 from pyllm.backend import backend_module, c_unavailable_reason  # noqa: E402
-from pyllm.linear_attention import random_features  # noqa: E402
+from pyllm.linear_attention import feature_maps_backward, random_features  # noqa: E402
 
 
 def softmax_step(K, T, hd, NH, rng):
@@ -55,12 +55,7 @@ def linear_step(K, T, hd, NH, rng, kernel, m=64):
             K.elu_features_forward(kf, k)
         K.linear_attention_forward(out, den, qf, kf, v)
         K.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den)
-        if kernel == "favor":
-            K.favor_features_backward(dq, dqf, qf, q, w)
-            K.favor_features_backward(dk, dkf, kf, k, w)
-        else:
-            K.elu_features_backward(dq, dqf, q)
-            K.elu_features_backward(dk, dkf, k)
+        feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel, w, backend=K)
     return step
 
 

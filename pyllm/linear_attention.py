@@ -43,12 +43,33 @@ def random_features(m, d, rng, orthogonal=True, dtype=np.float32):
     return np.ascontiguousarray(w * norms[:, None], dtype=dtype)
 
 
+def _kernels(dtype, backend):
+    if backend is not None:
+        return backend
+    return ops if dtype == np.float32 else _spec
+
+
+def feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel="favor", w=None, backend=None):
+    """Add the gradients w.r.t. q and k (into dq, dk) of the query and key features qf, kf that
+    :func:`causal_linear_attention`'s feature maps made, given dqf, dkf. ``backend`` is a backend
+    module (default: the selected one for float32, NumPy for float64)."""
+    K = _kernels(q.dtype, backend)
+    if kernel == "favor":
+        K.favor_features_backward(dq, dqf, qf, q, w)
+        K.favor_features_backward(dk, dkf, kf, k, w)
+    elif kernel == "linear":
+        K.elu_features_backward(dq, dqf, q)
+        K.elu_features_backward(dk, dkf, k)
+    else:
+        raise ValueError("kernel must be 'favor' or 'linear', got %r" % (kernel,))
+
+
 def causal_linear_attention(q, k, v, kernel="favor", w=None):
     """Causal attention of q, k (N, T, d) over v (N, T, hd) through feature maps and prefix sums.
 
     ``kernel="favor"`` needs ``w`` (m, d) from :func:`random_features`; ``kernel="linear"`` uses
     elu(x) + 1. Returns out (N, T, hd) in the dtype of q (all arrays share it)."""
-    k_ = ops if q.dtype == np.float32 else _spec
+    k_ = _kernels(q.dtype, None)
     if kernel == "favor":
         if w is None:
             raise ValueError("kernel='favor' needs w=random_features(m, d, rng)")

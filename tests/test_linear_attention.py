@@ -7,7 +7,8 @@ import pytest
 
 from pyllm.backend import numpy as K
 from test_kernels import numeric_grad
-from pyllm.linear_attention import causal_linear_attention, random_features
+from pyllm.linear_attention import (causal_linear_attention, feature_maps_backward,
+                                    random_features)
 
 
 def softmax_attention(q, k, v):
@@ -218,12 +219,7 @@ def test_feature_backward_through_normalised_attention_matches_finite_difference
     dqf, dkf = np.zeros_like(qf), np.zeros_like(kf)
     K.linear_attention_backward(dqf, dkf, None, R, qf, kf, v, out, den)
     dq, dk = np.zeros_like(q), np.zeros_like(k)
-    if kernel == "favor":
-        K.favor_features_backward(dq, dqf, qf, q, w)
-        K.favor_features_backward(dk, dkf, kf, k, w)
-    else:
-        K.elu_features_backward(dq, dqf, q)
-        K.elu_features_backward(dk, dkf, k)
+    feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel, w, backend=K)
     for x, g in ((q, dq), (k, dk)):
         _fd_check(loss, g, x, rng)
 
