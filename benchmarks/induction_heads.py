@@ -18,16 +18,17 @@ rows, drawn afresh every step (``--set KEY=VALUE`` changes any entry of ``RECIPE
 
 Every ``log_every`` steps it logs the loss, the loss on the repeated half of held-out r + r
 sequences at the unseen period S, the best previous-token (layer 0) and induction (layer 1)
-scores of ``pyllm.explore.head_scores`` at S, and the best layer-1 attention to offset S - 2 (one
-position past the induction target). Then it prints every head's scores and ablation effect
-(zero and mean), trains a 1-layer control the same way, writes an SVG plot (``--out``) and judges
-the four criteria of docs/EXPLORE.md; exit status 1 if a full run misses one.
+scores (``pyllm.explore.scores_from_maps``) at S, and the best layer-1 attention to offset
+S - 2 (one position past the induction target), all from one set of attention maps. Then it
+prints every head's scores and ablation effect (zero and mean), trains a 1-layer control the
+same way, writes an SVG plot (``--out``) and judges the four criteria of docs/EXPLORE.md; exit
+status 1 if a full run misses one.
 
 What it shows (measured figures in docs/EXPLORE.md): the repeated-half loss falls from ln 64
 to about 1 nat in about 150 steps after a plateau of about 700, once the previous-token head
 exists. The circuit that forms matches a two-token prefix and mostly attends to offset S - 2,
 reading the predicted token from the previous-token head there; the canonical induction pattern
-(offset S - 1) formed in 3 of the 18 runs of this recipe family measured, so criteria 1 to 3
+(offset S - 1) formed in 3 of the 19 runs of this recipe family measured, so criteria 1 to 3
 usually fail.
 """
 import argparse
@@ -41,7 +42,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import pyllm  # noqa: E402
-from pyllm.explore import ablate, head_scores  # noqa: E402
+from pyllm.explore import (ablate, attention_maps, offset_attention, repeated_tokens,  # noqa: E402
+                           scores_from_maps)
 from pyllm.plot import write_loss_curve  # noqa: E402
 
 RECIPE = dict(vocab=64, ctx=32, n_head=4, n_embd=64, batch=256, steps=2000, lr=3e-3,
@@ -106,16 +108,22 @@ def trigram_map(r, seed):
     return np.random.default_rng([seed, 3]).permutation(r["vocab"])
 
 
-def repeated_half(r, n, seed):
-    """n held-out sequences r + r at the eval period and the mask of the repeated half (the
-    predictions of tokens 2..S of the second copy: the first one is not predictable)."""
-    S = r["eval_period"]
-    rng = np.random.default_rng(seed)
-    half = rng.integers(0, r["vocab"], size=(n, S))
-    x = np.concatenate([half, half], axis=1)
+def repeated_half(model, S, n, seed):
+    """n held-out sequences r + r of period S (``explore.repeated_tokens``, as the head scores
+    use) and the mask of the repeated half: the predictions of tokens 2..S of the second copy
+    (the first one is not predictable)."""
+    x = repeated_tokens(model, S, n, seed)
     mask = np.zeros((n, 2 * S - 1), dtype=bool)
     mask[:, S:] = True
     return x[:, :-1], x[:, 1:], mask
+
+
+def probe(model, S, n, seed):
+    """One set of maps on n sequences r + r of period S: the head scores and the mean attention
+    one position past the induction target (offset S - 2) and at S - 1, S, per head."""
+    maps = attention_maps(model, repeated_tokens(model, S, n, seed))
+    offsets = {k: offset_attention(maps, k, S).mean(axis=0) for k in (S - 1, S - 2, S)}
+    return scores_from_maps(maps, S), offsets
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -128,16 +136,15 @@ def train(r, n_layer, seed, log, tag):
     opt = pyllm.AdamW(model, lr=r["lr"], betas=(0.9, 0.98), weight_decay=r["weight_decay"])
     perm = trigram_map(r, seed)
     data = np.random.default_rng([seed, 1])
-    hx, hy, hm = repeated_half(r, r["eval_seqs"], seed + 2)
+    S = r["eval_period"]
+    hx, hy, hm = repeated_half(model, S, r["eval_seqs"], seed + 2)
     hist, run, n, t0 = [], 0.0, 0, time.time()
     for step in range(r["steps"] + 1):
         if step % r["log_every"] == 0 or step == r["steps"]:
-            sc = head_scores(model, seq_len=r["eval_period"], n_seqs=8, seed=seed + 1000)
+            sc, offs = probe(model, S, 8, seed + 1000)
             h = dict(step=step, train=run / n if n else float("nan"),
                      rep=model.loss(hx, hy, mask=hm), prev=float(sc["previous_token"][0].max()),
-                     ind=float(sc["induction"][-1].max()),
-                     late=float(offset_attention(model, r["eval_period"],
-                                                 (r["eval_period"] - 2,), n=8)[-1].max()),
+                     ind=float(sc["induction"][-1].max()), late=float(offs[S - 2][-1].max()),
                      time=time.time() - t0)
             hist.append(h)
             run, n = 0.0, 0
@@ -157,16 +164,6 @@ def train(r, n_layer, seed, log, tag):
     return model, hist
 
 
-def offset_attention(model, S, offsets, n=16, seed=5):
-    """Mean attention (layers, heads, len(offsets)) from the second half of r + r (period S) to
-    the positions ``offset`` back: S - 1 is the induction target, S - 2 the token after it,
-    S the earlier copy of the current token."""
-    from pyllm.explore import attention_maps, repeated_tokens
-    A = attention_maps(model, repeated_tokens(model, S, n, seed=seed)).mean(axis=0)
-    t = np.arange(S, 2 * S)
-    return np.stack([A[..., t, t - k].mean(axis=-1) for k in offsets], axis=-1)
-
-
 def phase_change(hist, lo=0.1, hi=0.4):
     """(last logged step with induction < lo before the first > hi, that first step), or None."""
     up = next((h["step"] for h in hist if h["ind"] > hi), None)
@@ -178,7 +175,7 @@ def phase_change(hist, lo=0.1, hi=0.4):
 
 def ablation_table(model, r, seed):
     """Rise of the repeated-half loss (nats) when each head is ablated: {mode: (L, NH) array}."""
-    x, y, mask = repeated_half(r, r["eval_seqs"], seed + 2)
+    x, y, mask = repeated_half(model, r["eval_period"], r["eval_seqs"], seed + 2)
     ref, _, _ = make_batch(np.random.default_rng([seed, 4]), r, trigram_map(r, seed), 64)
     base = model.loss(x, y, mask=mask)
     L, NH = model.config.n_layer, model.config.n_head
@@ -238,18 +235,16 @@ def main(argv=None):
     if args.save:
         model.save(args.save)
     S = r["eval_period"]
-    sc = head_scores(model, seq_len=S, n_seqs=16, seed=args.seed + 1000)
+    sc, offs = probe(model, S, 16, args.seed + 1000)
     ind_head = (1, int(np.argmax(sc["induction"][1])))
     prev_head = (0, int(np.argmax(sc["previous_token"][0])))
     log("\nscores at the unseen period %d (rows: layers, columns: heads)" % S)
     for k in ("previous_token", "induction", "duplicate"):
         log("%-15s %s" % (k, np.array2string(sc[k], precision=2).replace("\n", "")))
-    offs = (S - 1, S - 2, S)
-    oa = offset_attention(model, S, offs)
     log("\nlayer-1 attention from the second copy, by how far back it looks:")
     log("head   %s" % "  ".join("%6d" % k for k in offs))
     for head in range(r["n_head"]):
-        log("1.%d   %s" % (head, "  ".join("%6.2f" % v for v in oa[1, head])))
+        log("1.%d   %s" % (head, "  ".join("%6.2f" % offs[k][1, head] for k in offs)))
     base, table = ablation_table(model, r, args.seed)
     others = [(layer, head) for layer in range(2) for head in range(r["n_head"])
               if (layer, head) not in (ind_head, prev_head)]
@@ -266,8 +261,7 @@ def main(argv=None):
     if not args.no_control:
         log("")
         ctrl_model, ctrl = train(r, 1, args.seed, log, "1-layer")
-        ctrl_ind = float(head_scores(ctrl_model, seq_len=S, n_seqs=16,
-                                     seed=args.seed + 1000)["induction"].max())
+        ctrl_ind = float(probe(ctrl_model, S, 16, args.seed + 1000)[0]["induction"].max())
     if args.out:
         series = {"train loss (nats)": [(h["step"], h["train"]) for h in hist],
                   "repeated-half loss": [(h["step"], h["rep"]) for h in hist],

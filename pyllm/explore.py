@@ -119,10 +119,17 @@ def repeated_tokens(model, seq_len, n_seqs, seed=0):
     return np.concatenate([r, r], axis=1).astype(np.int32)
 
 
-def _diagonal_mean(maps, offset, first):
-    """Mean over destinations t >= first of maps[..., t, t - offset]; maps (..., T, T) ->
-    (...)."""
+def offset_attention(maps, offset, first):
+    """Mean attention ``offset`` positions back: the mean over destinations t >= ``first`` of
+    ``maps[..., t, t - offset]``, for maps (..., T, T) -> (...) float64. The head scores are
+    such means (offset 1 from t = 1; S - 1 and S from t = S on r + r); other offsets show where
+    a head looks instead."""
+    maps = np.asarray(maps)
+    offset, first = int(offset), int(first)
     T = maps.shape[-1]
+    if maps.ndim < 2 or maps.shape[-2] != T or not 0 <= offset <= first < T:
+        raise ValueError("offset_attention needs maps (..., T, T) and 0 <= offset <= first < T, "
+                         "got shape %s, offset %d, first %d" % (maps.shape, offset, first))
     t = np.arange(first, T)
     return maps[..., t, t - offset].mean(axis=-1, dtype=np.float64)
 
@@ -135,9 +142,9 @@ def scores_from_maps(maps, seq_len):
     if maps.ndim != 5 or maps.shape[-1] != 2 * S or maps.shape[-2] != 2 * S:
         raise ValueError("maps must have shape (B, L, NH, 2*seq_len, 2*seq_len) with seq_len=%d, "
                          "got %s" % (S, maps.shape))
-    return {"previous_token": _diagonal_mean(maps, 1, 1).mean(axis=0),
-            "induction": _diagonal_mean(maps, S - 1, S).mean(axis=0),
-            "duplicate": _diagonal_mean(maps, S, S).mean(axis=0)}
+    return {"previous_token": offset_attention(maps, 1, 1).mean(axis=0),
+            "induction": offset_attention(maps, S - 1, S).mean(axis=0),
+            "duplicate": offset_attention(maps, S, S).mean(axis=0)}
 
 
 def head_scores(model, seq_len=None, n_seqs=8, seed=0):

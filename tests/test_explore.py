@@ -140,6 +140,24 @@ def test_exact_patterns_score_one(kind, name):
     assert all(s[o][0, 0] < 0.2 for o in explore.SCORE_NAMES if o != name)
 
 
+def test_offset_attention_finds_where_a_head_looks():
+    """A head that always looks 3 back: 1.0 at offset 3 from any first row >= 3, 0 elsewhere;
+    uniform rows give the mean of 1/(t+1) by hand; impossible offsets are refused."""
+    T = 12
+    A = np.zeros((T, T))
+    for t in range(T):
+        A[t, max(t - 3, 0)] = 1.0
+    assert explore.offset_attention(A, 3, 3) == 1.0
+    assert explore.offset_attention(A, 2, 3) == 0.0 and explore.offset_attention(A, 4, 5) == 0.0
+    U = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
+    assert abs(explore.offset_attention(U, 2, 4) - np.mean([1 / (t + 1) for t in range(4, T)])) \
+        < 1e-12
+    with pytest.raises(ValueError, match="offset <= first"):
+        explore.offset_attention(A, 5, 4)
+    with pytest.raises(ValueError, match="maps"):
+        explore.offset_attention(np.zeros((3, 4)), 1, 1)
+
+
 def test_uniform_attention_scores_low_by_hand():
     S = 16
     s = explore.scores_from_maps(_pattern_maps("uniform", S), S)
