@@ -14,7 +14,6 @@ softmax (the crossover), and favor's time(8192) / time(1024).
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyllm  # noqa: E402
 from pyllm.backend import backend_module, c_unavailable_reason  # noqa: E402
 from pyllm.linear_attention import feature_maps_backward, random_features  # noqa: E402
+from bench_kernels import timeit  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 
 def softmax_step(K, T, hd, NH, rng):
@@ -59,17 +59,6 @@ def linear_step(K, T, hd, NH, rng, kernel, m=64):
     return step
 
 
-def once(fn, min_time):
-    """Seconds per call of fn, repeated until min_time has passed."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return dt / n
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="T = 64, 128; one round (CI)")
@@ -103,7 +92,7 @@ def main(argv=None):
             times = {k: [] for k in steps}
             for _ in range(rounds):
                 for k, fn in steps.items():
-                    times[k].append(once(fn, min_time))
+                    times[k].append(timeit(fn, (), 1, min_time)[0])
             med[T] = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
             r = med[T]
             print("%6d  %10.3f  %10.3f  %10.3f  %8.2f  %8.2f" % (

@@ -35,14 +35,14 @@ int favor_features_forward(float *out, const float *x, const float *w, int N, in
             const float *xr = x + ((size_t)n * T + t) * d;
             float *o = out + ((size_t)n * T + t) * m;
             float h = 0.0f;
-            for (int j = 0; j < d; j++) h += (xr[j] * s) * (xr[j] * s);
-            h *= 0.5f;
+            for (int j = 0; j < d; j++) h += xr[j] * xr[j];
+            h *= 0.5f * s * s; /* |u|^2 / 2 */
             float rmax = -INFINITY;
             for (int i = 0; i < m; i++) {
                 const float *wi = w + (size_t)i * d;
                 float a = 0.0f;
-                for (int j = 0; j < d; j++) a += (xr[j] * s) * wi[j];
-                a -= h;
+                for (int j = 0; j < d; j++) a += xr[j] * wi[j];
+                a = a * s - h;
                 o[i] = a;
                 if (a > rmax) rmax = a;
             }
@@ -72,12 +72,12 @@ int favor_features_backward(float *dx, const float *dout, const float *out, cons
             const float *go = dout + r * m, *o = out + r * m, *xr = x + r * d;
             float *dxr = dx + r * d;
             float gsum = 0.0f;
-            for (int i = 0; i < m; i++) gsum += go[i] * o[i];
-            for (int j = 0; j < d; j++) {
-                float acc = 0.0f;
-                for (int i = 0; i < m; i++) acc += go[i] * o[i] * w[(size_t)i * d + j];
-                dxr[j] += s * (acc - (xr[j] * s) * gsum);
+            for (int i = 0; i < m; i++) {
+                const float gi = go[i] * o[i], *wi = w + (size_t)i * d;
+                gsum += gi;
+                for (int j = 0; j < d; j++) dxr[j] += s * gi * wi[j];
             }
+            for (int j = 0; j < d; j++) dxr[j] -= s * s * xr[j] * gsum;
         }
     }
     return PYLLM_OK;
@@ -101,15 +101,12 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
                              const float *v, int N, int T, int m, int hd) {
     if (N < 0 || T < 0 || m < 1 || hd < 1) return PYLLM_ERR_SIZE;
     if (!out || !den || !qf || !kf || !v) return PYLLM_ERR_NULL;
-    int status = PYLLM_OK;
+    const size_t per = (size_t)m * hd + m; /* S (m, hd) and z (m) of one row */
+    float *scratch = (float *)calloc((size_t)N * per + 1, sizeof(float));
+    if (!scratch) return PYLLM_ERR_NOMEM;
     PYLLM_PARALLEL_FOR
     for (int n = 0; n < N; n++) {
-        float *S = (float *)calloc((size_t)m * hd + m, sizeof(float));
-        if (!S) {
-            status = PYLLM_ERR_NOMEM; /* every failing thread writes the same value */
-            continue;
-        }
-        float *z = S + (size_t)m * hd;
+        float *S = scratch + (size_t)n * per, *z = S + (size_t)m * hd;
         for (int t = 0; t < T; t++) {
             size_t r = (size_t)n * T + t;
             const float *k = kf + r * m, *q = qf + r * m, *vr = v + r * hd;
@@ -121,7 +118,7 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
             }
             float dn = 0.0f;
             for (int i = 0; i < m; i++) dn += q[i] * z[i];
-            if (!(dn > LINATT_DEN_MIN)) dn = LINATT_DEN_MIN;
+            if (dn < LINATT_DEN_MIN) dn = LINATT_DEN_MIN; /* a NaN stays NaN, as in NumPy */
             den[r] = dn;
             for (int j = 0; j < hd; j++) o[j] = 0.0f;
             for (int i = 0; i < m; i++) {
@@ -130,9 +127,9 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
             }
             for (int j = 0; j < hd; j++) o[j] /= dn;
         }
-        free(S);
     }
-    return status;
+    free(scratch);
+    return PYLLM_OK;
 }
 
 /* g = dout_t / den_t into g (hd); returns e_t = -(dout_t . out_t) / den_t, 0 where the guard held */
@@ -150,15 +147,12 @@ int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *do
                               const float *den, int N, int T, int m, int hd) {
     if (N < 0 || T < 0 || m < 1 || hd < 1) return PYLLM_ERR_SIZE;
     if (!dout || !qf || !kf || !v || !out || !den) return PYLLM_ERR_NULL;
-    int status = PYLLM_OK;
+    const size_t per = (size_t)m * hd + m + hd; /* S or R (m, hd), z or r (m), g (hd) */
+    float *scratch = (float *)calloc((size_t)N * per + 1, sizeof(float));
+    if (!scratch) return PYLLM_ERR_NOMEM;
     PYLLM_PARALLEL_FOR
     for (int n = 0; n < N; n++) {
-        float *S = (float *)calloc(((size_t)m * hd + m) + hd, sizeof(float));
-        if (!S) {
-            status = PYLLM_ERR_NOMEM;
-            continue;
-        }
-        float *z = S + (size_t)m * hd, *g = z + m;
+        float *S = scratch + (size_t)n * per, *z = S + (size_t)m * hd, *g = z + m;
         if (dqf) {
             for (int t = 0; t < T; t++) {
                 size_t r = (size_t)n * T + t;
@@ -199,15 +193,14 @@ int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *do
                 }
                 if (dv) {
                     float *dvr = dv + r * hd;
-                    for (int j = 0; j < hd; j++) {
-                        float acc = 0.0f;
-                        for (int i = 0; i < m; i++) acc += R[(size_t)i * hd + j] * k[i];
-                        dvr[j] += acc;
+                    for (int i = 0; i < m; i++) {
+                        const float *Ri = R + (size_t)i * hd;
+                        for (int j = 0; j < hd; j++) dvr[j] += Ri[j] * k[i];
                     }
                 }
             }
         }
-        free(S);
     }
-    return status;
+    free(scratch);
+    return PYLLM_OK;
 }

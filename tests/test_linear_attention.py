@@ -40,7 +40,8 @@ def features(x, w=None, query=True):
 def masked_reference(qf, kf, v):
     """The quadratic computation: A = tril(qf kf^T), out = A v / A 1 (float64)."""
     T = qf.shape[1]
-    A = np.tril(np.ones((T, T))) * (qf.astype(np.float64) @ kf.astype(np.float64).transpose(0, 2, 1))
+    qf, kf = qf.astype(np.float64), kf.astype(np.float64)
+    A = np.tril(np.ones((T, T))) * (qf @ kf.transpose(0, 2, 1))
     return (A @ v.astype(np.float64)) / A.sum(-1, keepdims=True)
 
 
@@ -49,8 +50,8 @@ def test_favor_estimator_is_unbiased(orthogonal):
     rng = np.random.default_rng(0)
     d, m = 8, 16
     q, k = rng.standard_normal((2, 1, 1, d)) * 0.4
-    est = np.array([(favor_formula(q, w) * favor_formula(k, w)).sum()
-                    for w in (random_features(m, d, s, orthogonal, np.float64) for s in range(3000))])
+    draws = (random_features(m, d, s, orthogonal, np.float64) for s in range(3000))
+    est = np.array([(favor_formula(q, w) * favor_formula(k, w)).sum() for w in draws])
     want = np.exp((q * k).sum() / np.sqrt(d))
     se = est.std(ddof=1) / np.sqrt(len(est))
     assert abs(est.mean() - want) < 3 * se, (est.mean(), want, se)
@@ -228,7 +229,8 @@ def test_bad_arguments_are_refused_by_name():
     x = np.zeros((2, 3, 4), np.float32)
     w = np.zeros((5, 4), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
-        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, np.zeros((5, 3), np.float32), True)
+        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, np.zeros((5, 3), np.float32),
+                                 True)
     with pytest.raises(ValueError, match="out"):
         K.favor_features_forward(np.empty((2, 3, 4), np.float32), x, w, True)
     with pytest.raises(ValueError, match="v must have shape"):

@@ -489,23 +489,23 @@ def _ntd(name, a, dt, like=None, shape=None, out=False):
     return a.shape
 
 
-def favor_features_forward(out, x, w, dt):
+def _favor_inputs(x, w, dt):
     N, T, d = _ntd("x", x, dt)
     farr("w", w, dt, like=x)
     if w.ndim != 2 or w.shape[1] != d or w.shape[0] < 1:
         raise ValueError("w must have shape (m, %d) with m >= 1, got %s" % (d, w.shape))
-    m = w.shape[0]
+    return N, T, d, w.shape[0]
+
+
+def favor_features_forward(out, x, w, dt):
+    N, T, d, m = _favor_inputs(x, w, dt)
     _ntd("out", out, dt, like=x, shape=(N, T, m), out=True)
     no_alias("out", out, x=x, w=w)
     return size("N", N), size("T", T), size("d", d, 1), size("m", m, 1)
 
 
 def favor_features_backward(dx, dout, out, x, w, dt):
-    N, T, d = _ntd("x", x, dt)
-    farr("w", w, dt, like=x)
-    if w.ndim != 2 or w.shape[1] != d or w.shape[0] < 1:
-        raise ValueError("w must have shape (m, %d) with m >= 1, got %s" % (d, w.shape))
-    m = w.shape[0]
+    N, T, d, m = _favor_inputs(x, w, dt)
     _ntd("out", out, dt, like=x, shape=(N, T, m))
     _ntd("dout", dout, dt, like=x, shape=(N, T, m))
     _ntd("dx", dx, dt, like=x, shape=(N, T, d), out=True)
@@ -513,26 +513,17 @@ def favor_features_backward(dx, dout, out, x, w, dt):
     return N, T, d, m
 
 
-def elu_features_forward(out, x, dt):
-    N, T, d = _ntd("x", x, dt)
-    _ntd("out", out, dt, like=x, shape=(N, T, d), out=True)
-    return N, T, d
-
-
-def elu_features_backward(dx, dout, x, dt):
-    N, T, d = _ntd("x", x, dt)
-    _ntd("dout", dout, dt, like=x, shape=(N, T, d))
-    _ntd("dx", dx, dt, like=x, shape=(N, T, d), out=True)
-    no_alias("dx", dx, dout=dout, x=x)
-    return N, T, d
-
-
-def linear_attention_forward(out, den, qf, kf, v, dt):
+def _linear_attention_inputs(qf, kf, v, dt):
     N, T, m = _ntd("qf", qf, dt)
     _ntd("kf", kf, dt, like=qf, shape=(N, T, m))
     hd = _ntd("v", v, dt, like=qf)[2]
     if v.shape[:2] != (N, T):
         raise ValueError("v must have shape (%d, %d, hd), got %s" % (N, T, v.shape))
+    return N, T, m, hd
+
+
+def linear_attention_forward(out, den, qf, kf, v, dt):
+    N, T, m, hd = _linear_attention_inputs(qf, kf, v, dt)
     _ntd("out", out, dt, like=qf, shape=(N, T, hd), out=True)
     farr("den", den, dt, like=qf, shape=(N, T), out=True)
     no_alias("out", out, qf=qf, kf=kf, v=v, den=den)
@@ -541,11 +532,7 @@ def linear_attention_forward(out, den, qf, kf, v, dt):
 
 
 def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, dt):
-    N, T, m = _ntd("qf", qf, dt)
-    _ntd("kf", kf, dt, like=qf, shape=(N, T, m))
-    hd = _ntd("v", v, dt, like=qf)[2]
-    if v.shape[:2] != (N, T):
-        raise ValueError("v must have shape (%d, %d, hd), got %s" % (N, T, v.shape))
+    N, T, m, hd = _linear_attention_inputs(qf, kf, v, dt)
     for name, a in (("dout", dout), ("out", out)):
         _ntd(name, a, dt, like=qf, shape=(N, T, hd))
     farr("den", den, dt, like=qf, shape=(N, T))

@@ -196,13 +196,13 @@ def favor_features_backward(dx, dout, out, x, w):
 
 
 def elu_features_forward(out, x):
-    chk.elu_features_forward(out, x, DT)
-    _ok("elu_features_forward", lib.elu_features_forward(_f(out), _f(x), x.size))
+    n = chk.elementwise(("out",), (out,), ("x",), (x,), DT)
+    _ok("elu_features_forward", lib.elu_features_forward(_f(out), _f(x), n))
 
 
 def elu_features_backward(dx, dout, x):
-    chk.elu_features_backward(dx, dout, x, DT)
-    _ok("elu_features_backward", lib.elu_features_backward(_f(dx), _f(dout), _f(x), x.size))
+    n = chk.elementwise(("dx",), (dx,), ("x", "dout"), (x, dout), DT)
+    _ok("elu_features_backward", lib.elu_features_backward(_f(dx), _f(dout), _f(x), n))
 
 
 def linear_attention_forward(out, den, qf, kf, v):

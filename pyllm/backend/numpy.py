@@ -353,14 +353,14 @@ def favor_features_backward(dx, dout, out, x, w):
 
 
 def elu_features_forward(out, x):
-    """out (N,T,d) = elu(x) + 1 (Katharopoulos et al. 2020): x + 1 for x > 0, exp(x) else."""
-    chk.elu_features_forward(out, x, DT)
+    """out = elu(x) + 1, element-wise (Katharopoulos et al. 2020): x + 1 for x > 0, else exp(x)."""
+    chk.elementwise(("out",), (out,), ("x",), (x,), DT)
     out[...] = np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))
 
 
 def elu_features_backward(dx, dout, x):
-    """dx (N,T,d) += dout * (1 for x > 0, exp(x) else)."""
-    chk.elu_features_backward(dx, dout, x, DT)
+    """dx += dout * (1 for x > 0, else exp(x)), element-wise."""
+    chk.elementwise(("dx",), (dx,), ("x", "dout"), (x, dout), DT)
     dx += dout * np.where(x > 0, 1, np.exp(np.minimum(x, 0))).astype(x.dtype)
 
 
