@@ -69,7 +69,24 @@ def _model_from_tensors(cfg, tensors, path, prefix=""):
     model.load_state_dict(sd)
     if not np.all(np.isfinite(model.params)):
         raise CheckpointError("%s holds non-finite weights (NaN or Inf)" % path)
+    for name, buf in model.buffers().items():     # a favor model's random features
+        arr = tensors.get(prefix + name)
+        if arr is None:
+            raise CheckpointError("%s lacks tensor %r (the random features of a model with "
+                                  "attention=%r)" % (path, prefix + name, cfg.attention))
+        if tuple(arr.shape) != buf.shape:
+            raise CheckpointError("%s: tensor %r has shape %s, expected %s"
+                                  % (path, name, tuple(arr.shape), buf.shape))
+        if not np.all(np.isfinite(arr)):
+            raise CheckpointError("%s: tensor %r is not finite (NaN or Inf)" % (path, name))
+        buf[...] = arr
     return model
+
+
+def model_tensors(model):
+    """Everything a model file holds: the weights, then any buffers (random features), F32."""
+    return {k: np.ascontiguousarray(v, dtype=np.float32)
+            for k, v in list(model.state_dict().items()) + list(model.buffers().items())}
 
 
 def _resolve(path):
@@ -176,8 +193,7 @@ def save_checkpoint(directory, model, optimizer, state):
     """Write ``directory/checkpoint.safetensors`` atomically: weights, AdamW moments and
     ``state`` (a JSON-serialisable dict with at least ``step`` and ``rng``)."""
     os.makedirs(directory, exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32)
-               for k, v in model.state_dict().items()}
+    tensors = model_tensors(model)
     tensors["optim.m"], tensors["optim.v"] = optimizer.m, optimizer.v
     meta = model_metadata(model.config)
     meta["state"] = json.dumps(dict(state, optim_t=optimizer.t), sort_keys=True)

@@ -73,6 +73,14 @@ def build_parser():
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--eval-iters", type=int, default=20)
     t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--attention", choices=["softmax", "favor", "linear"], default="softmax",
+                   help="the attention kernel: softmax (GPT-2's, exact), favor (FAVOR+ random "
+                   "features) or linear (elu + 1); see docs/ATTENTION.md")
+    t.add_argument("--n-features", type=int, default=64,
+                   help="random features per layer for --attention favor (default: 64)")
+    t.add_argument("--feature-redraw", type=int, default=100,
+                   help="redraw the favor features every this many steps; 0: never "
+                   "(default: 100)")
     t.add_argument("--sample-tokens", type=int, default=300,
                    help="tokens to sample after training (0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress line")
@@ -85,6 +93,9 @@ def build_parser():
     _add_backend_args(s)
 
     i = sub.add_parser("info", help="version, backend, threads, build flags, kernel self-test")
+    i.add_argument("--ckpt", default=None,
+                   help="also describe this model file or training directory (shape, "
+                   "parameters, attention kernel)")
     _add_backend_args(i)
     from . import cli_explore
     cli_explore.add_parsers(sub, add_model_source, _add_backend_args)
@@ -157,7 +168,8 @@ def cmd_train(args):
                       min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       beta2=args.beta2, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
                       eval_interval=args.eval_interval, eval_iters=args.eval_iters,
-                      seed=args.seed)
+                      seed=args.seed, attention=args.attention, n_features=args.n_features,
+                      feature_redraw=args.feature_redraw)
     try:
         res = train(cfg, resume=args.resume, progress=not args.quiet)
     except TrainingDiverged as exc:
@@ -237,6 +249,11 @@ def self_test():
         "crossentropy_forward": ([np.empty(6, np.float32), x, np.arange(6)], 0),
         "attention_forward": ([np.empty((2, 9, 8), np.float32), np.empty((2, 2, 9), np.float32),
                                qkv, 2], 0),
+        "favor_features_forward": ([np.empty((2, 9, 16), np.float32), qkv[..., :8] * 0.5,
+                                    f(16, 8), False], 0),
+        "linear_attention_forward": ([np.empty((2, 9, 8), np.float32),
+                                      np.empty((2, 9), np.float32), np.exp(qkv[..., :8]),
+                                      np.exp(qkv[..., 8:16]), qkv[..., 16:]], 0),
     }
     res = []
     for name, (args, out_i) in cases.items():
@@ -271,7 +288,24 @@ def cmd_info(args):
         print("self-test: %s" % ("ok" if worst < 1e-4 else "FAILED"))
         if worst >= 1e-4:
             return 1
+    if args.ckpt:
+        describe_model(pyllm.load(args.ckpt), args.ckpt)
     return 0
+
+
+def describe_model(model, where):
+    """Print a model's shape, size and attention kernel (``pyllm info --ckpt``)."""
+    c = model.config
+    print("model %s: %s" % (where, model))
+    print("  vocab_size %d, block_size %d, n_layer %d, n_head %d, n_embd %d (head size %d)"
+          % (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.n_embd // c.n_head))
+    if c.attention == "favor":
+        print("  attention: favor, %d random features per layer, %s" % (
+            c.n_features, "redrawn every %d steps" % c.feature_redraw if c.feature_redraw
+            else "never redrawn"))
+    else:
+        print("  attention: %s" % {"softmax": "softmax (exact, GPT-2)",
+                                   "linear": "linear (elu + 1 features)"}[c.attention])
 
 
 def main(argv=None):

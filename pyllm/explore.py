@@ -80,7 +80,9 @@ def attention_maps(model, idx, max_bytes=None):
     ``l`` put on source position ``s`` when computing destination ``t``: each row sums to 1 over
     ``s <= t`` and the upper triangle is 0. They are the probabilities of the model's own forward
     pass (recomputed from the saved log-sum-exp, equal to within float32 rounding), so they
-    include the effect of any :func:`ablate` in force.
+    include the effect of any :func:`ablate` in force. For a favor or linear model they are the
+    normalised causal kernel weights phi(q_t) . phi(k_s) / sum_{s' <= t} phi(q_t) . phi(k_s')
+    its prefix sums used, materialised.
 
     The result takes ``B * n_layer * n_head * T * T * 4`` bytes (:func:`maps_bytes`); more than
     ``max_bytes`` (default: 2 GiB or half the free memory, whichever is less) is refused with a
@@ -98,7 +100,10 @@ def attention_maps(model, idx, max_bytes=None):
     for b in range(B):
         for i, layer in enumerate(a["layers"]):
             dst = out[b, i][None] if probs is out else probs
-            ops.attention_probs(dst, layer["qkv"][b:b + 1], layer["lse"][b:b + 1], NH)
+            if model._kattn is not None:   # favor / linear: qf_t . kf_s / den_t
+                model._kattn.probs(dst[0], layer["kattn"], b)
+            else:
+                ops.attention_probs(dst, layer["qkv"][b:b + 1], layer["lse"][b:b + 1], NH)
             if dst is probs:
                 out[b, i] = probs[0]
     return out[0] if one else out

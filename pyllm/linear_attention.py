@@ -88,3 +88,197 @@ def causal_linear_attention(q, k, v, kernel="favor", w=None):
     den = np.empty(q.shape[:2], dtype=q.dtype)
     k_.linear_attention_forward(out, den, qf, kf, v)
     return out
+
+
+# ---- the attention layer of a GPT with attention="favor" or "linear" ---------------------------
+
+FEATURE_STREAM = 0x46415652  # "FAVR": the seed stream of the random features, apart from weights
+
+
+def _split_heads(dst, qkv, j, NH):
+    """dst (B,NH,T,hd) = part j (0 q, 1 k, 2 v) of qkv (B,T,3C), heads first."""
+    B, T = qkv.shape[:2]
+    np.copyto(dst, qkv.reshape(B, T, 3, NH, -1)[:, :, j].transpose(0, 2, 1, 3))
+
+
+def _merge_heads(dst, x):
+    """dst (B,T,NH*hd) = x (B,NH,T,hd) with the heads side by side again."""
+    B, NH, T, hd = x.shape
+    np.copyto(dst.reshape(B, T, NH, hd), x.transpose(0, 2, 1, 3))
+
+
+class KernelAttention:
+    """Causal multi-head attention through a feature map and prefix sums, for a GPT whose
+    ``config.attention`` is ``"favor"`` or ``"linear"`` (the model owns one as ``model._kattn``).
+
+    Per layer it maps the heads' q, k (B*NH, T, hd) to features qf, kf (B*NH, T, m) and runs
+    ``ops.linear_attention_forward``; what backward needs (qf, kf, the output and its
+    denominators) is kept per layer, q, k, v are cut from the layer's qkv again when needed.
+    ``features[i]`` is layer i's FAVOR+ projection w (m, hd) (heads share it, as in the
+    Performer's reference code); it is model state, saved with the weights, and not trained.
+    """
+
+    def __init__(self, config, dtype):
+        self.kind = config.attention
+        if self.kind not in ("favor", "linear"):
+            raise ValueError("KernelAttention is for attention='favor' or 'linear', got %r"
+                             % (self.kind,))
+        self.NH, self.hd = config.n_head, config.n_embd // config.n_head
+        self.m = config.n_features if self.kind == "favor" else self.hd
+        self.dtype = np.dtype(dtype)
+        n = config.n_layer if self.kind == "favor" else 0
+        self.features = [np.zeros((self.m, self.hd), dtype=self.dtype) for _ in range(n)]
+
+    def feature_names(self):
+        """The file names of the feature matrices: ``h.<i>.attn.features``."""
+        return ["h.%d.attn.features" % i for i in range(len(self.features))]
+
+    def draw(self, seed, index=0):
+        """Draw every layer's features afresh: a function of (seed, index) alone, so a resumed
+        run redraws exactly what an uninterrupted one did (index: the draw's step)."""
+        rng = np.random.default_rng([int(seed), FEATURE_STREAM, int(index)])
+        for w in self.features:
+            w[...] = random_features(self.m, self.hd, rng, dtype=self.dtype)
+
+    def buffers(self, B, T):
+        """Per-layer activations kept for backward, and the scratch the layers share."""
+        N, m, hd, dt = B * self.NH, self.m, self.hd, self.dtype
+        e = lambda *s: np.zeros(s, dtype=dt)  # noqa: E731
+        return {"qf": e(N, T, m), "kf": e(N, T, m), "out": e(N, T, hd), "den": e(N, T)}
+
+    def scratch(self, B, T):
+        """Scratch for forward and backward, shared by the layers."""
+        N, m, hd, dt = B * self.NH, self.m, self.hd, self.dtype
+        e = lambda *s: np.zeros(s, dtype=dt)  # noqa: E731
+        return {"q": e(B, self.NH, T, hd), "k": e(B, self.NH, T, hd), "v": e(B, self.NH, T, hd),
+                "dq": e(N, T, hd), "dk": e(N, T, hd), "dv": e(N, T, hd),
+                "dout": e(B, self.NH, T, hd),
+                "dqf": e(N, T, m), "dkf": e(N, T, m)}
+
+    def _qkv(self, sc, qkv, parts=(0, 1, 2)):
+        B, T = qkv.shape[:2]
+        out = []
+        for j in parts:
+            dst = sc[("q", "k", "v")[j]]
+            _split_heads(dst, qkv, j, self.NH)
+            out.append(dst.reshape(B * self.NH, T, self.hd))
+        return out
+
+    def forward(self, i, atty, qkv, buf, sc):
+        """Layer i: atty (B,T,C) from qkv (B,T,3C); fills buf (this layer's :meth:`buffers`)."""
+        q, k, v = self._qkv(sc, qkv)
+        if self.kind == "favor":
+            ops.favor_features_forward(buf["qf"], q, self.features[i], True)
+            ops.favor_features_forward(buf["kf"], k, self.features[i], False)
+        else:
+            ops.elu_features_forward(buf["qf"], q)
+            ops.elu_features_forward(buf["kf"], k)
+        ops.linear_attention_forward(buf["out"], buf["den"], buf["qf"], buf["kf"], v)
+        B, T = qkv.shape[:2]
+        _merge_heads(atty, buf["out"].reshape(B, self.NH, T, self.hd))
+
+    def backward(self, i, d_qkv, d_atty, qkv, buf, sc):
+        """Layer i: d_qkv (B,T,3C) written (not added) from d_atty (B,T,C)."""
+        B, T = qkv.shape[:2]
+        q, k, v = self._qkv(sc, qkv)
+        N = B * self.NH
+        np.copyto(sc["dout"], d_atty.reshape(B, T, self.NH, self.hd).transpose(0, 2, 1, 3))
+        dout = sc["dout"].reshape(N, T, self.hd)
+        for name in ("dq", "dk", "dv", "dqf", "dkf"):
+            sc[name].fill(0)
+        ops.linear_attention_backward(sc["dqf"], sc["dkf"], sc["dv"], dout, buf["qf"],
+                                      buf["kf"], v, buf["out"], buf["den"])
+        feature_maps_backward(sc["dq"], sc["dk"], sc["dqf"], sc["dkf"], buf["qf"], buf["kf"],
+                              q, k, self.kind, self.features[i] if self.features else None,
+                              backend=ops)
+        d = d_qkv.reshape(B, T, 3, self.NH, self.hd)
+        for j, name in enumerate(("dq", "dk", "dv")):
+            np.copyto(d[:, :, j], sc[name].reshape(B, self.NH, T, self.hd).transpose(0, 2, 1, 3))
+
+    def probs(self, dst, buf, b):
+        """The normalised causal weights of sequence b of the last forward: dst (NH,T,T),
+        dst[h, t, s] = qf_t . kf_s / den_t for s <= t, 0 above the diagonal."""
+        NH = self.NH
+        qf, kf, den = (buf[n][b * NH:(b + 1) * NH].astype(np.float64) for n in ("qf", "kf", "den"))
+        w = np.tril(qf @ kf.transpose(0, 2, 1)) / den[..., None]
+        dst[...] = w
+
+    def running_state(self, B):
+        """A :class:`RunningState` for sampling B sequences one token at a time."""
+        return RunningState(self, B)
+
+
+class RunningState:
+    """Sampling's attention for favor and linear heads: per layer the running sums
+    S = sum_s phi(k_s) v_s^T (B,NH,m,hd) and z = sum_s phi(k_s) (B,NH,m) replace the KV cache,
+    so each new token costs O(m hd) per head whatever its position. FAVOR+ keys keep a running
+    stabiliser c (the largest exponent seen so far); when a new key raises it, S and z are
+    rescaled by exp(c_old - c_new), which leaves every normalised output unchanged.
+
+    Use: :meth:`prefill` after a full forward over the prompt, then :meth:`decode` per layer
+    and token (it is the ``attention`` of the NumPy backend's ``Decoder``)."""
+
+    def __init__(self, ka, B):
+        self.ka, self.B = ka, int(B)
+        NH, m, hd, dt = ka.NH, ka.m, ka.hd, ka.dtype
+        self.S, self.z, self.c = [], [], []
+        self.q = np.zeros((self.B * NH, 1, hd), dtype=dt)
+        self.qf = np.zeros((self.B * NH, 1, m), dtype=dt)
+        self.kf = np.zeros((self.B * NH, 1, m), dtype=dt)
+        self.k = np.zeros((self.B * NH, 1, hd), dtype=dt)
+
+    def _layer(self, i):
+        ka = self.ka
+        while len(self.S) <= i:
+            N = self.B * ka.NH
+            self.S.append(np.zeros((N, ka.m, ka.hd), dtype=ka.dtype))
+            self.z.append(np.zeros((N, ka.m), dtype=ka.dtype))
+            self.c.append(np.full(N, -np.inf))
+        return self.S[i], self.z[i]
+
+    def _key_exponents(self, i, k):
+        """a = u . w_r - |u|^2 / 2 for keys k (N,T,hd), u = k d^-1/4: (N,T,m) float64."""
+        u = k.astype(np.float64) * self.ka.hd ** -0.25
+        return u @ self.ka.features[i].T.astype(np.float64) - 0.5 * (u * u).sum(-1)[..., None]
+
+    def prefill(self, i, qkv, buf):
+        """Layer i's sums over the prompt of a full forward: its qkv (B,T,3C) and buffers."""
+        S, z = self._layer(i)
+        ka, B, T = self.ka, qkv.shape[0], qkv.shape[1]
+        v = np.empty((B, ka.NH, T, ka.hd), dtype=ka.dtype)
+        _split_heads(v, qkv, 2, ka.NH)
+        v = v.reshape(B * ka.NH, T, ka.hd)
+        kf = buf["kf"]
+        S[...] = np.einsum("ntm,nth->nmh", kf, v)
+        z[...] = kf.sum(axis=1)
+        if ka.kind == "favor":          # the stabiliser the forward's key features used
+            k = np.empty((B, ka.NH, T, ka.hd), dtype=ka.dtype)
+            _split_heads(k, qkv, 1, ka.NH)
+            self.c[i] = self._key_exponents(i, k.reshape(B * ka.NH, T, ka.hd)).max(axis=(1, 2))
+
+    def decode(self, i, att, qkv, pos):
+        """Layer i, one token per sequence: att (B,C) from qkv (B,3C); updates S, z."""
+        ka, S, z = self.ka, *self._layer(i)
+        B, NH, hd, m = self.B, ka.NH, ka.hd, ka.m
+        x = qkv.reshape(B, 3, NH, hd)
+        self.q[:, 0] = x[:, 0].reshape(B * NH, hd)
+        self.k[:, 0] = x[:, 1].reshape(B * NH, hd)
+        v = x[:, 2].reshape(B * NH, hd)
+        if ka.kind == "favor":
+            ops.favor_features_forward(self.qf, self.q, ka.features[i], True)
+            a = self._key_exponents(i, self.k)[:, 0]                     # (N,m)
+            c_new = np.maximum(self.c[i], a.max(axis=1))
+            scale = np.exp(self.c[i] - c_new).astype(ka.dtype)           # 0 at the first token
+            S *= scale[:, None, None]
+            z *= scale[:, None]
+            self.c[i] = c_new
+            self.kf[:, 0] = (np.exp(a - c_new[:, None]) * m ** -0.5).astype(ka.dtype)
+        else:
+            ops.elu_features_forward(self.qf, self.q)
+            ops.elu_features_forward(self.kf, self.k)
+        kf, qf = self.kf[:, 0], self.qf[:, 0]
+        S += kf[:, :, None] * v[:, None, :]
+        z += kf
+        den = np.maximum(np.einsum("nm,nm->n", qf, z), _spec.LINATT_DEN_MIN)
+        out = np.einsum("nm,nmh->nh", qf, S) / den[:, None].astype(ka.dtype)
+        att[...] = out.reshape(B, NH * hd)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .backend import get_backend, hooked_decoder, ops
+from .backend import get_backend, hooked_decoder, numpy_decoder, ops
 from .backend._check import decoder_weight_names
 from .rng import RNG
 
@@ -29,40 +29,70 @@ MODEL_FORMAT_VERSION = 1
 GELU_KEEP_BYTES = 64 * 2**20  # keep every layer's gelu(fch) for backward up to this size
 
 
+ATTENTION_KINDS = ("softmax", "favor", "linear")
+_SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+_ATTENTION_DEFAULTS = {"attention": "softmax", "n_features": 64, "feature_redraw": 0}
+MAX_FEATURES = 2**16
+
+
 @dataclass
 class GPTConfig:
-    """Model shape. Defaults are GPT-2 small (124M)."""
+    """Model shape (defaults: GPT-2 small, 124M) and the attention kernel.
+
+    ``attention`` picks how each head weighs the positions it looks at (docs/ATTENTION.md):
+    ``"softmax"`` is GPT-2's exact attention; ``"favor"`` is FAVOR+ (Performer) with
+    ``n_features`` positive orthogonal random features per layer, redrawn every
+    ``feature_redraw`` training steps (0: never); ``"linear"`` is the elu(x) + 1 feature map. The
+    last two cost time linear in the context length.
+    """
     vocab_size: int = 50257
     block_size: int = 1024
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    attention: str = "softmax"
+    n_features: int = 64
+    feature_redraw: int = 0
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
+        for name in _SHAPE_FIELDS + ("n_features", "feature_redraw"):
+            v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError("GPTConfig.%s must be an int, got %r" % (f.name, v))
-            if v < 1:
-                raise ValueError("GPTConfig.%s must be >= 1, got %d" % (f.name, v))
-            setattr(self, f.name, int(v))
+                raise TypeError("GPTConfig.%s must be an int, got %r" % (name, v))
+            if v < (0 if name == "feature_redraw" else 1):
+                raise ValueError("GPTConfig.%s must be >= %d, got %d"
+                                 % (name, 0 if name == "feature_redraw" else 1, v))
+            setattr(self, name, int(v))
         if self.n_embd % self.n_head:
             raise ValueError("n_embd (%d) must be divisible by n_head (%d)"
                              % (self.n_embd, self.n_head))
         if self.vocab_size > 2**31 - 1 or self.block_size > 2**20:
             raise ValueError("vocab_size or block_size is unreasonably large")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError("GPTConfig.attention must be one of %s, got %r"
+                             % (", ".join(map(repr, ATTENTION_KINDS)), self.attention))
+        if self.n_features > MAX_FEATURES:
+            raise ValueError("GPTConfig.n_features must be at most %d, got %d"
+                             % (MAX_FEATURES, self.n_features))
 
     def to_dict(self):
-        """The config as a plain dict (JSON-friendly)."""
-        return asdict(self)
+        """The config as a plain dict (JSON-friendly). A softmax model's dict holds the five
+        shape fields only, as files have since format version 1."""
+        d = asdict(self)
+        if self.attention == "softmax":
+            for k in _ATTENTION_DEFAULTS:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d):
-        """Build from a dict with exactly the GPTConfig fields (extra keys are an error)."""
+        """Build from a dict with the five shape fields and optionally ``attention``,
+        ``n_features`` and ``feature_redraw`` (absent: a softmax model); other keys are an
+        error."""
         if not isinstance(d, dict):
             raise ValueError("model config must be a JSON object, got %s" % type(d).__name__)
-        names = {f.name for f in fields(cls)}
-        extra, missing = set(d) - names, names - set(d)
+        extra = set(d) - set(_SHAPE_FIELDS) - set(_ATTENTION_DEFAULTS)
+        missing = set(_SHAPE_FIELDS) - set(d)
         if extra or missing:
             raise ValueError("model config has unknown keys %s / lacks keys %s"
                              % (sorted(extra), sorted(missing)))
@@ -133,12 +163,18 @@ class GPT:
         self.grads.flat, self.grads.n_decay = self._g.flat, self._g.n_decay
         self.n_decay = self._p.n_decay
         self._acts = None
+        # the attention of favor and linear models (feature maps and prefix sums); None: softmax
+        self._kattn = None
+        if config.attention != "softmax":
+            from .linear_attention import KernelAttention
+            self._kattn = KernelAttention(config, self.dtype)
         # per-head outputs hook (pyllm.explore.ablate): None, or an object whose
         # forward(layer, atty) edits the attention output (.., C) before c_proj and whose
         # backward(layer, d_atty) edits its gradient to match
         self._attn_hook = None
         if seed is not None:
             self._init_weights(seed)
+            self.redraw_features(seed, 0)
 
     # ---- parameters ---------------------------------------------------------------------------
 
@@ -158,6 +194,20 @@ class GPT:
     def num_params(self):
         """Number of parameters (the tied LM head counted once)."""
         return int(self.params.size)
+
+    def buffers(self):
+        """``{name: array}`` of the model state that is not trained: the FAVOR+ random features
+        ``h.<i>.attn.features`` (n_features, head size) of a favor model (else empty). Saved and
+        loaded with the weights; views of the live arrays."""
+        if self._kattn is None:
+            return {}
+        return dict(zip(self._kattn.feature_names(), self._kattn.features))
+
+    def redraw_features(self, seed, index):
+        """Draw a favor model's random features afresh, as a function of (seed, index) alone
+        (training redraws with its seed and the step); nothing for other kernels."""
+        if self._kattn is not None:
+            self._kattn.draw(seed, index)
 
     def state_dict(self):
         """``{name: array}`` in GPT-2 checkpoint names. The arrays are views of the live weights."""
@@ -201,9 +251,13 @@ class GPT:
         # backward recomputes it (saving 4C floats per token per layer).
         keep = L * B * T * 4 * C * self.dtype.itemsize <= GELU_KEEP_BYTES
         shared = None if keep else e(B, T, 4 * C)
+        ka = self._kattn
         a = {"shape": (B, T), "encoded": e(B, T, C), "gelu_kept": keep,
+             "kattn": ka.scratch(B, T) if ka is not None else None,
              "layers": [dict(ln_1=e(B, T, C), ln_1_mean=e(B, T), ln_1_rstd=e(B, T),
-                             qkv=e(B, T, 3 * C), atty=e(B, T, C), lse=e(B, NH, T),
+                             qkv=e(B, T, 3 * C), atty=e(B, T, C),
+                             lse=e(B, NH, T) if ka is None else None,
+                             kattn=ka.buffers(B, T) if ka is not None else None,
                              res_2=e(B, T, C),
                              ln_2=e(B, T, C), ln_2_mean=e(B, T), ln_2_rstd=e(B, T),
                              fch=e(B, T, 4 * C), fch_gelu=e(B, T, 4 * C) if keep else shared,
@@ -257,7 +311,10 @@ class GPT:
                                   P[p + "ln_1.weight"], P[p + "ln_1.bias"])
             ops.matmul_forward(l["qkv"], l["ln_1"], P[p + "attn.c_attn.weight"],
                                P[p + "attn.c_attn.bias"])             # (B,T,3C)
-            ops.attention_forward(l["atty"], l["lse"], l["qkv"], NH)  # (B,T,C)
+            if self._kattn is None:
+                ops.attention_forward(l["atty"], l["lse"], l["qkv"], NH)  # (B,T,C)
+            else:
+                self._kattn.forward(i, l["atty"], l["qkv"], l["kattn"], a["kattn"])
             if self._attn_hook is not None:
                 self._attn_hook.forward(i, l["atty"])
             ops.matmul_forward(l["res_2"], l["atty"], P[p + "attn.c_proj.weight"],
@@ -382,8 +439,11 @@ class GPT:
             self._linear_backward(d_atty, p + "attn.c_proj", dres, l["atty"])
             if self._attn_hook is not None:
                 self._attn_hook.backward(i, d_atty)
-            ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH,
-                                   accumulate=False)
+            if self._kattn is None:
+                ops.attention_backward(d_qkv, d_atty, l["qkv"], l["atty"], l["lse"], NH,
+                                       accumulate=False)
+            else:
+                self._kattn.backward(i, d_qkv, d_atty, l["qkv"], l["kattn"], a["kattn"])
             self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
             ops.layernorm_backward(dres, G[p + "ln_1.weight"], G[p + "ln_1.bias"], d_ln1,
                                    x_in, P[p + "ln_1.weight"], l["ln_1_mean"], l["ln_1_rstd"])
@@ -408,16 +468,33 @@ class GPT:
         return np.zeros(shape, dtype=self.dtype)
 
     def _prefill(self, idx, cache):
-        """Forward over idx (B,T); fill the KV cache; return last-position logits (B,V)."""
+        """Forward over idx (B,T); fill the KV cache (or a favor / linear model's running state);
+        return last-position logits (B,V)."""
         a = self._forward(idx)
         B, T = idx.shape
         NH, C = self.config.n_head, self.config.n_embd
         hd = C // NH
         for i, l in enumerate(a["layers"]):
+            if self._kattn is not None:
+                cache.prefill(i, l["qkv"], l["kattn"])
+                continue
             kv = l["qkv"].reshape(B, T, 3, NH, hd)
             cache[i, 0, :, :, :T] = kv[:, :, 1].transpose(0, 2, 1, 3)
             cache[i, 1, :, :, :T] = kv[:, :, 2].transpose(0, 2, 1, 3)
         return a["logits"][:, -1].copy()
+
+    def _decoder(self, B):
+        """The one-token decoder and its cache: a KV cache for softmax attention, the running
+        sums of :class:`~pyllm.linear_attention.RunningState` for favor and linear."""
+        cfg, P = self.config, self._p.views
+        weights = [P[n] for n in decoder_weight_names(cfg.n_layer)]
+        if self._kattn is not None:
+            state = self._kattn.running_state(B)
+            return state, numpy_decoder(weights, None, cfg.n_head, self._attn_hook, state)
+        cache = self._new_cache(B)
+        dec = (ops.Decoder(weights, cache, cfg.n_head) if self._attn_hook is None
+               else hooked_decoder(weights, cache, cfg.n_head, self._attn_hook))
+        return cache, dec
 
     def stream(self, prompt_idx, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None,
                seed=0, use_cache=True, stop_token=None):
@@ -433,11 +510,7 @@ class GPT:
         seq, bs = idx, cfg.block_size
         cache = dec = None
         if use_cache:
-            cache = self._new_cache(B)
-            P = self._p.views
-            weights = [P[n] for n in decoder_weight_names(cfg.n_layer)]
-            dec = (ops.Decoder(weights, cache, cfg.n_head) if self._attn_hook is None
-                   else hooked_decoder(weights, cache, cfg.n_head, self._attn_hook))
+            cache, dec = self._decoder(B)
         logits = None
         for step in range(int(max_new_tokens)):
             T = seq.shape[1]
@@ -481,16 +554,20 @@ class GPT:
     # ---- files --------------------------------------------------------------------------------
 
     def save(self, path):
-        """Write the weights and config to one safetensors file (atomically)."""
+        """Write the weights, any random features (:meth:`buffers`) and the config to one
+        safetensors file (atomically)."""
+        from .checkpoint import model_tensors
         from .tensorfile import save_safetensors
-        sd = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state_dict().items()}
-        save_safetensors(path, sd, model_metadata(self.config))
+        save_safetensors(path, model_tensors(self), model_metadata(self.config))
 
     def __repr__(self):
         c = self.config
-        return ("GPT(vocab_size=%d, block_size=%d, n_layer=%d, n_head=%d, n_embd=%d; %.2fM params)"
-                % (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd,
-                   self.num_params / 1e6))
+        att = {"softmax": "", "linear": ", attention='linear'",
+               "favor": ", attention='favor', n_features=%d, feature_redraw=%d"
+                        % (c.n_features, c.feature_redraw)}[c.attention]
+        return ("GPT(vocab_size=%d, block_size=%d, n_layer=%d, n_head=%d, n_embd=%d%s; "
+                "%.2fM params)" % (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd,
+                                   att, self.num_params / 1e6))
 
 
 def model_metadata(config):

@@ -29,7 +29,7 @@ import numpy as np
 from . import data as data_mod
 from .checkpoint import CHECKPOINT_FILE, TOKENIZER_FILE, CheckpointError, load_checkpoint, \
     save_checkpoint
-from .model import GPT, GPTConfig
+from .model import ATTENTION_KINDS, GPT, MAX_FEATURES, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .plot import MAX_POINTS, write_loss_curve
 from .rng import RNG
@@ -84,6 +84,9 @@ class TrainConfig:
     eval_iters: int = 20
     val_fraction: float = 0.1
     seed: int = 1337
+    attention: str = "softmax"          # "softmax", "favor" or "linear" (docs/ATTENTION.md)
+    n_features: int = 64                # FAVOR+ random features per layer (favor only)
+    feature_redraw: int = 100           # redraw them every this many steps; 0: never (favor)
     stop_at: Optional[int] = None       # stop (and save) before this step, as Ctrl-C would
     extra: dict = field(default_factory=dict)
 
@@ -118,6 +121,16 @@ class TrainConfig:
             raise ValueError("val_fraction must be in (0, 0.5], got %r" % (c.val_fraction,))
         if c.n_embd % c.n_head:
             raise ValueError("n_embd (%d) must be divisible by n_head (%d)" % (c.n_embd, c.n_head))
+        if c.attention not in ATTENTION_KINDS:
+            raise ValueError("attention must be one of %s, got %r"
+                             % (", ".join(ATTENTION_KINDS), c.attention))
+        for k, lo in (("n_features", 1), ("feature_redraw", 0)):
+            v = getattr(c, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError("%s must be an integer >= %d, got %r" % (k, lo, v))
+        if c.n_features > MAX_FEATURES:
+            raise ValueError("n_features must be at most %d, got %d" % (MAX_FEATURES,
+                                                                       c.n_features))
         if c.block_size > MAX_BLOCK_SIZE:
             raise ValueError("block_size must be at most %d, got %d" % (MAX_BLOCK_SIZE,
                                                                         c.block_size))
@@ -287,7 +300,10 @@ def _load_resume_state(out, cfg):
     except (TypeError, ValueError) as exc:
         raise CheckpointError("%s has invalid training settings: %s" % (where, exc)) from None
     mc = model.config
-    for k in ("block_size", "n_layer", "n_head", "n_embd"):
+    keys = ("block_size", "n_layer", "n_head", "n_embd", "attention")
+    if mc.attention == "favor":
+        keys += ("n_features", "feature_redraw")
+    for k in keys:
         if getattr(settings, k) != getattr(mc, k):
             raise CheckpointError("%s: the training settings say %s=%r but the model has %r"
                                   % (where, k, getattr(settings, k), getattr(mc, k)))
@@ -326,7 +342,9 @@ def train(cfg, resume=False, log=None, progress=True):
         tokenizer, ds = prepare_data(cfg, log)
         tokenizer.save(os.path.join(out, TOKENIZER_FILE))
         mcfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
-                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                         attention=cfg.attention, n_features=cfg.n_features,
+                         feature_redraw=cfg.feature_redraw if cfg.attention == "favor" else 0)
         model = GPT(mcfg, seed=cfg.seed)
         opt = AdamW(model, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
         rng = RNG(cfg.seed)
@@ -372,6 +390,10 @@ def train(cfg, resume=False, log=None, progress=True):
                         % (step, out))
                     break
                 t0 = time.time()
+                redraw = model.config.feature_redraw
+                if redraw and step > 0 and step % redraw == 0:
+                    # FAVOR+ features: a function of (seed, step), so resuming redraws the same
+                    model.redraw_features(cfg.seed, step)
                 lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
                 opt.lr = lr
                 loss = 0.0

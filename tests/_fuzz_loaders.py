@@ -3,7 +3,8 @@ crash or a hang fails the test instead of taking pytest down or stalling it).
 
     python tests/_fuzz_loaders.py KIND CASES SEED WORKDIR
 
-KIND is one of ``safetensors``, ``model``, ``checkpoint``, ``char-tokenizer``,
+KIND is one of ``safetensors``, ``model``, ``favor-model`` (a model file with attention="favor",
+whose random features are tensors of their own), ``checkpoint``, ``char-tokenizer``,
 ``bpe-tokenizer``. The driver writes a real file of that kind with pyllm itself, then CASES
 times: mutates its bytes (byte flips, truncations, insertions, deletions, duplicated spans, and
 digits changed or added, which reach the checks on sizes, shapes and ids), writes the result and
@@ -12,6 +13,7 @@ the loader's documented exception with a message naming the file:
 
     safetensors      read_safetensors_header, load_safetensors   TensorFileError
     model            pyllm.load (model file)                     CheckpointError
+    favor-model      pyllm.load (model file)                     CheckpointError
     checkpoint       pyllm.checkpoint.load_checkpoint (dir)      CheckpointError
     char-tokenizer   load_tokenizer, CharTokenizer.load          ValueError
     bpe-tokenizer    load_tokenizer, BPETokenizer.load           ValueError
@@ -54,9 +56,10 @@ def make_source(kind, work):
             "e": np.zeros((0, 2), np.float16),
         }, {"k": "v"})
         return p, p
-    if kind in ("model", "checkpoint"):
-        model = pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0)
-        if kind == "model":
+    if kind in ("model", "favor-model", "checkpoint"):
+        extra = dict(attention="favor", n_features=4) if kind == "favor-model" else {}
+        model = pyllm.GPT(pyllm.GPTConfig(**CFG, **extra), seed=0)
+        if kind in ("model", "favor-model"):
             p = os.path.join(work, "model.safetensors")
             model.save(p)
             return p, p
@@ -82,7 +85,7 @@ def make_source(kind, work):
 
 def regions_of(kind, good):
     """(weight, lo, hi) byte ranges to mutate: safetensors files weigh the header most."""
-    if kind in ("safetensors", "model", "checkpoint"):
+    if kind in ("safetensors", "model", "favor-model", "checkpoint"):
         n = 8 + int.from_bytes(good[:8], "little")
         return [(0.1, 0, 8), (0.7, 8, n), (0.2, n, len(good))]
     return [(1.0, 0, len(good))]
@@ -133,9 +136,14 @@ def load_case(kind, path, case):
         for name, arr in tensors.items():
             assert isinstance(arr, np.ndarray) and arr.shape == tuple(header[name]["shape"])
         return "ok"
-    if kind == "model":
+    if kind in ("model", "favor-model"):
         model = load(path)
         assert isinstance(model, pyllm.GPT) and np.all(np.isfinite(model.params))
+        for name, w in model.buffers().items():
+            assert np.all(np.isfinite(w)), name
+        if kind == "favor-model":
+            assert len(model.buffers()) == model.config.n_layer or model.config.attention != \
+                "favor"
         return "ok"
     if kind == "checkpoint":
         model, optim, state = load_checkpoint(path)
@@ -157,6 +165,7 @@ def load_case(kind, path, case):
 
 
 ALLOWED = {"safetensors": TensorFileError, "model": CheckpointError,
+           "favor-model": CheckpointError,
            "checkpoint": CheckpointError, "char-tokenizer": ValueError,
            "bpe-tokenizer": ValueError}
 

@@ -13,8 +13,32 @@ def gelu(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def ref_forward(sd, cfg, idx, ablate=None, maps=None):
+def kernel_weights(q, k, kind, w=None):
+    """Unnormalised causal attention weights (B,T,T) of one head, float64, straight from the
+    definitions: exp(q.k/sqrt(d)) (softmax), phi(q).phi(k) with the FAVOR+ features
+    m^-1/2 exp(u.w_i - |u|^2/2), u = x d^-1/4, unstabilised (favor), or elu(x) + 1 (linear)."""
+    d, T = q.shape[-1], q.shape[-2]
+    if kind == "softmax":
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(d)
+        s = s - np.where(np.tril(np.ones((T, T), bool)), s, -np.inf).max(-1, keepdims=True)
+        a = np.exp(s)
+    else:
+        if kind == "favor":
+            def phi(x):
+                u = x * d ** -0.25
+                return np.exp(u @ w.T - 0.5 * (u * u).sum(-1, keepdims=True)) / np.sqrt(len(w))
+        else:
+            def phi(x):
+                return np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))
+        a = phi(q) @ phi(k).transpose(0, 2, 1)
+    return a * np.tril(np.ones((T, T)))
+
+
+def ref_forward(sd, cfg, idx, ablate=None, maps=None, features=None):
     """Logits (B,T,V) of token ids idx (B,T) under state dict sd.
+
+    The attention kernel is ``cfg.attention`` (softmax when the config has none); a favor model
+    needs ``features``, its ``{name: (m, hd)}`` random features (``model.buffers()``).
 
     ``ablate``: {(layer, head): value} replaces that head's output (B,T,hd) before c_proj by
     ``value`` (0.0, or an (hd,) vector). ``maps``: a list that receives each layer's attention
@@ -26,7 +50,7 @@ def ref_forward(sd, cfg, idx, ablate=None, maps=None):
     C, H = cfg.n_embd, cfg.n_head
     hd = C // H
     x = W["wte.weight"][idx] + W["wpe.weight"][:T]                       # (B,T,C)
-    mask = np.triu(np.full((T, T), -np.inf), 1)
+    kind = getattr(cfg, "attention", "softmax")
     for i in range(cfg.n_layer):
         p = "h.%d." % i
         h = ln(x, W[p + "ln_1.weight"], W[p + "ln_1.bias"])
@@ -35,8 +59,8 @@ def ref_forward(sd, cfg, idx, ablate=None, maps=None):
         heads, probs = [], []
         for j in range(H):
             s = slice(j * hd, (j + 1) * hd)
-            att = q[..., s] @ k[..., s].transpose(0, 2, 1) / np.sqrt(hd) + mask
-            att = np.exp(att - att.max(-1, keepdims=True))
+            w = None if kind != "favor" else features[p + "attn.features"].astype(np.float64)
+            att = kernel_weights(q[..., s], k[..., s], kind, w)
             att = att / att.sum(-1, keepdims=True)                      # (B,T,T)
             probs.append(att)
             y = att @ v[..., s]                                          # (B,T,hd)

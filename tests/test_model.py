@@ -99,6 +99,20 @@ def test_forward_and_loss_match_reference(backend, rng):
     np.testing.assert_allclose(m.forward(idx[0, :5]), want[:1, :5], rtol=1e-4, atol=1e-4)
 
 
+def assert_fd_gradient(m, ana, picks, loss, eps=1e-6, atol=1e-6):
+    """Central finite differences of ``loss()`` over the parameters ``picks`` of float64 model
+    ``m`` agree with the analytic gradient ``ana`` (flat) to atol + 1e-5 relative."""
+    for i in picks:
+        old = m.params[i]
+        m.params[i] = old + eps
+        lp = loss()
+        m.params[i] = old - eps
+        lm = loss()
+        m.params[i] = old
+        num = (lp - lm) / (2 * eps)
+        assert abs(ana[i] - num) <= atol + 1e-5 * abs(num), (i, ana[i], num)
+
+
 def test_whole_model_gradient_matches_finite_differences():
     pyllm.set_backend("numpy")
     try:
@@ -109,17 +123,8 @@ def test_whole_model_gradient_matches_finite_differences():
         loss, grads = m.loss_and_grads(idx, tgt)
         assert abs(loss - ref_loss(ref_forward(m.state_dict(), m.config, idx), tgt)) < 1e-10
         ana = grads.flat.copy()
-        picks = rng.choice(m.params.size, 60, replace=False)
-        eps = 1e-6
-        for i in picks:
-            old = m.params[i]
-            m.params[i] = old + eps
-            lp = m.loss(idx, tgt)
-            m.params[i] = old - eps
-            lm = m.loss(idx, tgt)
-            m.params[i] = old
-            num = (lp - lm) / (2 * eps)
-            assert abs(ana[i] - num) <= 1e-6 + 1e-5 * abs(num), (i, ana[i], num)
+        assert_fd_gradient(m, ana, rng.choice(m.params.size, 60, replace=False),
+                           lambda: m.loss(idx, tgt))
         # every named gradient view is a view of the same slab
         for k, g in grads.items():
             assert np.shares_memory(g, grads.flat)
@@ -146,16 +151,8 @@ def test_masked_loss_and_grads(backend):
     assert abs(loss - nll[mask].mean()) < tol
     ana = grads.flat.copy()
     if backend == "numpy":                      # float64: finite differences of the masked loss
-        eps = 1e-6
-        for i in rng.choice(m.params.size, 40, replace=False):
-            old = m.params[i]
-            m.params[i] = old + eps
-            lp_ = m.loss(idx, tgt, mask=mask)
-            m.params[i] = old - eps
-            lm_ = m.loss(idx, tgt, mask=mask)
-            m.params[i] = old
-            num = (lp_ - lm_) / (2 * eps)
-            assert abs(ana[i] - num) <= 1e-6 + 1e-5 * abs(num), (i, ana[i], num)
+        assert_fd_gradient(m, ana, rng.choice(m.params.size, 40, replace=False),
+                           lambda: m.loss(idx, tgt, mask=mask))
     # keeping rows 0 and 2 whole equals training on those rows alone
     rows = np.zeros((3, 7), bool)
     rows[[0, 2]] = True

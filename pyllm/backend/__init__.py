@@ -141,7 +141,15 @@ def hooked_decoder(weights, cache, n_head, attn_hook):
     kernels and hands each layer's attention output to ``attn_hook.forward(layer, att)`` before
     its projection (the NumPy backend's Decoder with ``kernels=ops``): sampling under
     ``pyllm.explore.ablate``."""
-    return _numpy_backend.Decoder(weights, cache, n_head, kernels=ops, attn_hook=attn_hook)
+    return numpy_decoder(weights, cache, n_head, attn_hook)
+
+
+def numpy_decoder(weights, cache, n_head, attn_hook=None, attention=None):
+    """The NumPy backend's Decoder running through the current backend's kernels: with an
+    ``attention`` object (a favor or linear model's running state) in place of the KV cache,
+    and with an ``attn_hook``; see :class:`pyllm.backend.numpy.Decoder`."""
+    return _numpy_backend.Decoder(weights, cache, n_head, kernels=ops, attn_hook=attn_hook,
+                                  attention=attention)
 
 
 def backend_module(name):

@@ -425,8 +425,9 @@ def _position(pos, maxT):
     return pos
 
 
-def decoder(weights, cache, n_head, dt):
-    """A Decoder's weights (list in decoder_weight_names order) and KV cache (L,2,B,NH,maxT,hd)."""
+def decoder(weights, cache, n_head, dt, B=None):
+    """A Decoder's weights (list in decoder_weight_names order) and KV cache (L,2,B,NH,maxT,hd);
+    or, with ``cache=None`` (attention with its own state), the batch size ``B``."""
     if not isinstance(weights, (list, tuple)) or len(weights) < 16 or (len(weights) - 4) % 12:
         raise ValueError("weights must be a list of 4 + 12 * n_layer arrays, in "
                          "decoder_weight_names order")
@@ -445,6 +446,10 @@ def decoder(weights, cache, n_head, dt):
     shapes = layer * L + [(C,), (C,)]
     for name, w, shape in zip(names[2:], weights[2:], shapes):
         farr(name, w, dt, shape=shape, like=wte)
+    if cache is None:
+        if isinstance(B, bool) or not isinstance(B, int):
+            raise ValueError("a Decoder without a cache needs the batch size B")
+        return size("B", B, 1), size("maxT", maxT, 1), size("V", V, 1), size("C", C, 1), NH, L
     farr("cache", cache, dt, out=True, like=wte)
     if cache.ndim != 6 or cache.shape[:2] != (L, 2) or cache.shape[3:] != (NH, maxT, C // NH):
         raise ValueError("cache must have shape (n_layer, 2, B, n_head, block_size, head size) = "

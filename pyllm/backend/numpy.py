@@ -267,16 +267,21 @@ class Decoder:
 
     ``kernels`` runs the steps through another kernel set with these names (``pyllm.backend.ops``
     for the current backend; default: this module); ``attn_hook`` (see ``GPT._attn_hook``) gets
-    each layer's attention output (B,C) before its projection.
+    each layer's attention output (B,C) before its projection. ``attention`` replaces the KV
+    cache (then ``cache`` is None): an object with ``B`` and ``decode(layer, att, qkv, pos)``
+    writing att (B,C) from qkv (B,3C), e.g. a favor or linear model's
+    :class:`pyllm.linear_attention.RunningState`.
     """
 
-    def __init__(self, weights, cache, n_head, kernels=None, attn_hook=None):
-        B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT)
+    def __init__(self, weights, cache, n_head, kernels=None, attn_hook=None, attention=None):
+        B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT,
+                                           None if attention is None else attention.B)
+        self.attention = attention
         self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
         self.weights, self.cache = list(weights), cache
         self.k = kernels if kernels is not None else _Kernels
         self.attn_hook = attn_hook
-        e = lambda *s: np.zeros(s, dtype=cache.dtype)  # noqa: E731
+        e = lambda *s: np.zeros(s, dtype=weights[0].dtype)  # noqa: E731
         self.x, self.x2, self.h, self.att = e(B, 1, C), e(B, C), e(B, C), e(B, C)
         self.qkv, self.fc, self.fcg, self.logits = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C), e(B, V)
 
@@ -289,8 +294,11 @@ class Decoder:
             w = W[2 + 12 * i:14 + 12 * i]
             k.layernorm_forward(h, None, None, x, w[0], w[1])
             k.matmul_forward(self.qkv, h, w[2], w[3])                    # (B,3C)
-            k.attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos,
-                               self.NH)
+            if self.attention is not None:
+                self.attention.decode(i, self.att, self.qkv, pos)
+            else:
+                k.attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos,
+                                   self.NH)
             if self.attn_hook is not None:
                 self.attn_hook.forward(i, self.att)
             k.matmul_forward(x2, self.att, w[4], w[5], residual=x)      # x2 = x + proj
