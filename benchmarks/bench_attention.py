@@ -10,6 +10,11 @@ per-head arrays (4, T, hd) for favor (m = 64 features) and linear. The per-head 
 model needs around them is not timed. The kernels run in alternation, ``--rounds`` times; the
 medians are printed with the ratio to softmax, the smallest T where favor is faster than
 softmax (the crossover), and favor's time(8192) / time(1024).
+
+Then the whole model: training tokens/s (forward + backward + AdamW, one sequence of --model-T
+tokens, default 2048) of the Shakespeare-char shape (4 layers, 4 heads, n_embd 128, 65 token
+ids) with each kernel, alternating, median of --rounds; the layout changes and everything else a
+model does are included here.
 """
 import argparse
 import os
@@ -59,12 +64,44 @@ def linear_step(K, T, hd, NH, rng, kernel, m=64):
     return step
 
 
+def model_step(kernel, T, m, seed=0):
+    """One training step of a Shakespeare-char-shaped GPT on one sequence of T tokens."""
+    cfg = pyllm.GPTConfig(vocab_size=65, block_size=T, n_layer=4, n_head=4, n_embd=128,
+                          attention=kernel, n_features=m)
+    model = pyllm.GPT(cfg, seed=seed)
+    opt = pyllm.AdamW(model, lr=1e-4)
+    idx = np.random.default_rng(seed).integers(0, 65, (1, T + 1))
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def step():
+        _, grads = model.loss_and_grads(x, y)
+        opt.step(grads)
+    return step
+
+
+def bench_models(T, m, rounds, min_time):
+    """Training tokens/s of each kernel's model at T (alternating, medians)."""
+    steps = {k: model_step(k, T, m) for k in ("softmax", "favor", "linear")}
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, fn in steps.items():
+            times[k].append(timeit(fn, (), 1, min_time)[0])
+    print("\nwhole model, training (forward + backward + AdamW), 1 x %d tokens, 4 layers, "
+          "4 heads, n_embd 128; tokens/s, median of %d" % (T, rounds))
+    base = float(np.median(times["softmax"]))
+    for k, v in times.items():
+        t = float(np.median(v))
+        print("%8s  %10s tokens/s  %6.2fx softmax" % (k, format(int(T / t), ","), base / t))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="T = 64, 128; one round (CI)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--features", type=int, default=64, help="favor's m (default %(default)s)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model-T", type=int, default=2048,
+                    help="context length of the whole-model comparison (0: skip it)")
     args = ap.parse_args(argv)
     reason = c_unavailable_reason()
     if reason:
@@ -104,6 +141,9 @@ def main(argv=None):
         if 1024 in med and 8192 in med:
             print("favor time(8192) / time(1024) = %.2f (linear growth: 8)"
                   % (med[8192]["favor"] / med[1024]["favor"]))
+    if args.model_T:
+        bench_models(64 if args.quick else args.model_T, args.features, rounds,
+                     min_time if args.quick else 1.0)
     return 0
 
 

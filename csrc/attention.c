@@ -51,17 +51,6 @@
 
 static int imin(int a, int b) { return a < b ? a : b; }
 
-/* a . b over n floats, 8 partial sums (vectorisable), in a fixed order */
-static float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[d + u] * b[d + u];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; d < n; d++) s += a[d] * b[d];
-    return s;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Micro-kernels: acc (MR x NR) = sum_{k < kc} a[i*ars + k*aks] * b[k*ldb + j], then the top-left
  * m x n part goes to c (row stride ldc) by mode:
@@ -504,7 +493,7 @@ static att_ops select_ops(void) {
     o.softmax_fwd = softmax_fwd_c;
     o.softmax_bwd = softmax_bwd_c;
     o.exp_row = exp_row_c;
-    o.dot = dot;
+    o.dot = pyllm_dot;
     o.pack_rows = pack_rows_c;
     o.pack_trans = pack_trans_c;
     o.add_rows = add_rows_c;
@@ -709,12 +698,12 @@ static void bwd_plain(float *dqkv, const float *dout, const float *qkv, const fl
         size_t ro = ((size_t)b * T + t) * C + (size_t)h * hd;
         const float *g = dout + ro, *q = qb + (size_t)t * C3;
         float *dq = dqb + (size_t)t * C3;
-        float D = dot(g, out + ro, hd);
+        float D = pyllm_dot(g, out + ro, hd);
         float L = lse[((size_t)b * NH + h) * T + t];
         for (int j = 0; j <= t; j++) {
             const float *kj = kb + (size_t)j * C3, *vj = vb + (size_t)j * C3;
-            float p = expf(scale * dot(q, kj, hd) - L);
-            float ds = p * (dot(g, vj, hd) - D) * scale;
+            float p = expf(scale * pyllm_dot(q, kj, hd) - L);
+            float ds = p * (pyllm_dot(g, vj, hd) - D) * scale;
             float *dkj = dkb + (size_t)j * C3, *dvj = dvb + (size_t)j * C3;
             for (int d = 0; d < hd; d++) {
                 dvj[d] += p * g[d];
@@ -822,7 +811,7 @@ int attention_probs(float *probs, const float *qkv, const float *lse, int B, int
         float l = lse[r], *p = probs + (size_t)r * T;
         for (int s = 0; s <= t; s++) {
             const float *k = qkv + ((size_t)b * T + s) * 3 * C + C + (size_t)h * hd;
-            p[s] = expf(scale * dot(q, k, hd) - l);
+            p[s] = expf(scale * pyllm_dot(q, k, hd) - l);
         }
         for (int s = t + 1; s < T; s++) p[s] = 0.0f;
     }

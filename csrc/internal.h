@@ -30,6 +30,39 @@ static inline int pyllm_nblocks(int64_t n) {
     return (int)((n + PYLLM_FLAT_BLOCK - 1) / PYLLM_FLAT_BLOCK);
 }
 
+/* a . b over n floats with 8 partial sums acc[0..7] (acc[u] takes the products d = u mod 8),
+   combined as ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7)), then the tail:
+   one fixed order, so the same bits on every call, thread count and machine. With SSE2 (every
+   x86-64) the partial sums live in two 4-lane registers, the same arithmetic in the same order. */
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#include <emmintrin.h>
+static inline float pyllm_dot(const float *a, const float *b, int n) {
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    int d = 0;
+    for (; d + 8 <= n; d += 8) {
+        lo = _mm_add_ps(lo, _mm_mul_ps(_mm_loadu_ps(a + d), _mm_loadu_ps(b + d)));
+        hi = _mm_add_ps(hi, _mm_mul_ps(_mm_loadu_ps(a + d + 4), _mm_loadu_ps(b + d + 4)));
+    }
+    lo = _mm_add_ps(lo, _mm_shuffle_ps(lo, lo, _MM_SHUFFLE(2, 3, 0, 1))); /* acc0+acc1, acc2+acc3 */
+    hi = _mm_add_ps(hi, _mm_shuffle_ps(hi, hi, _MM_SHUFFLE(2, 3, 0, 1)));
+    lo = _mm_add_ss(lo, _mm_movehl_ps(lo, lo));
+    hi = _mm_add_ss(hi, _mm_movehl_ps(hi, hi));
+    float s = _mm_cvtss_f32(_mm_add_ss(lo, hi));
+    for (; d < n; d++) s += a[d] * b[d];
+    return s;
+}
+#else
+static inline float pyllm_dot(const float *a, const float *b, int n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int d = 0;
+    for (; d + 8 <= n; d += 8)
+        for (int u = 0; u < 8; u++) acc[u] += a[d + u] * b[d + u];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < n; d++) s += a[d] * b[d];
+    return s;
+}
+#endif
+
 /* x86-64 with GCC >= 6 or Clang: AVX2 + FMA functions can be compiled (target attributes) and are
    chosen at run time when pyllm_simd_level() is 1 */
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))

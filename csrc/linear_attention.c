@@ -34,15 +34,10 @@ int favor_features_forward(float *out, const float *x, const float *w, int N, in
         for (int t = 0; t < T; t++) {
             const float *xr = x + ((size_t)n * T + t) * d;
             float *o = out + ((size_t)n * T + t) * m;
-            float h = 0.0f;
-            for (int j = 0; j < d; j++) h += xr[j] * xr[j];
-            h *= 0.5f * s * s; /* |u|^2 / 2 */
+            const float h = 0.5f * s * s * pyllm_dot(xr, xr, d); /* |u|^2 / 2 */
             float rmax = -INFINITY;
             for (int i = 0; i < m; i++) {
-                const float *wi = w + (size_t)i * d;
-                float a = 0.0f;
-                for (int j = 0; j < d; j++) a += xr[j] * wi[j];
-                a = a * s - h;
+                const float a = pyllm_dot(xr, w + (size_t)i * d, d) * s - h;
                 o[i] = a;
                 if (a > rmax) rmax = a;
             }
@@ -116,8 +111,7 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
                 float *Si = S + (size_t)i * hd;
                 for (int j = 0; j < hd; j++) Si[j] += k[i] * vr[j];
             }
-            float dn = 0.0f;
-            for (int i = 0; i < m; i++) dn += q[i] * z[i];
+            float dn = pyllm_dot(q, z, m);
             if (dn < LINATT_DEN_MIN) dn = LINATT_DEN_MIN; /* a NaN stays NaN, as in NumPy */
             den[r] = dn;
             for (int j = 0; j < hd; j++) o[j] = 0.0f;
@@ -134,11 +128,8 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
 
 /* g = dout_t / den_t into g (hd); returns e_t = -(dout_t . out_t) / den_t, 0 where the guard held */
 static float out_grads(float *g, const float *go, const float *o, float dn, int hd) {
-    float e = 0.0f;
-    for (int j = 0; j < hd; j++) {
-        g[j] = go[j] / dn;
-        e += go[j] * o[j];
-    }
+    for (int j = 0; j < hd; j++) g[j] = go[j] / dn;
+    const float e = pyllm_dot(go, o, hd);
     return dn > LINATT_DEN_MIN ? -e / dn : 0.0f;
 }
 
@@ -161,12 +152,9 @@ int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *do
                 float *dq = dqf + r * m;
                 for (int i = 0; i < m; i++) {
                     z[i] += k[i];
-                    float *Si = S + (size_t)i * hd, acc = 0.0f;
-                    for (int j = 0; j < hd; j++) {
-                        Si[j] += k[i] * vr[j];
-                        acc += Si[j] * g[j];
-                    }
-                    dq[i] += acc + e * z[i];
+                    float *Si = S + (size_t)i * hd;
+                    for (int j = 0; j < hd; j++) Si[j] += k[i] * vr[j];
+                    dq[i] += pyllm_dot(Si, g, hd) + e * z[i];
                 }
             }
         }
@@ -184,12 +172,8 @@ int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *do
                 }
                 if (dkf) {
                     float *dk = dkf + r * m;
-                    for (int i = 0; i < m; i++) {
-                        const float *Ri = R + (size_t)i * hd;
-                        float acc = 0.0f;
-                        for (int j = 0; j < hd; j++) acc += Ri[j] * vr[j];
-                        dk[i] += acc + rr[i];
-                    }
+                    for (int i = 0; i < m; i++)
+                        dk[i] += pyllm_dot(R + (size_t)i * hd, vr, hd) + rr[i];
                 }
                 if (dv) {
                     float *dvr = dv + r * hd;

@@ -83,12 +83,6 @@ def _model_from_tensors(cfg, tensors, path, prefix=""):
     return model
 
 
-def model_tensors(model):
-    """Everything a model file holds: the weights, then any buffers (random features), F32."""
-    return {k: np.ascontiguousarray(v, dtype=np.float32)
-            for k, v in list(model.state_dict().items()) + list(model.buffers().items())}
-
-
 def _resolve(path):
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -193,7 +187,7 @@ def save_checkpoint(directory, model, optimizer, state):
     """Write ``directory/checkpoint.safetensors`` atomically: weights, AdamW moments and
     ``state`` (a JSON-serialisable dict with at least ``step`` and ``rng``)."""
     os.makedirs(directory, exist_ok=True)
-    tensors = model_tensors(model)
+    tensors = model.file_tensors()
     tensors["optim.m"], tensors["optim.v"] = optimizer.m, optimizer.v
     meta = model_metadata(model.config)
     meta["state"] = json.dumps(dict(state, optim_t=optimizer.t), sort_keys=True)

@@ -556,9 +556,14 @@ class GPT:
     def save(self, path):
         """Write the weights, any random features (:meth:`buffers`) and the config to one
         safetensors file (atomically)."""
-        from .checkpoint import model_tensors
         from .tensorfile import save_safetensors
-        save_safetensors(path, model_tensors(self), model_metadata(self.config))
+        save_safetensors(path, self.file_tensors(), model_metadata(self.config))
+
+    def file_tensors(self):
+        """Everything a model file holds, as F32 arrays: the weights (:meth:`state_dict`), then
+        any random features (:meth:`buffers`)."""
+        return {k: np.ascontiguousarray(v, dtype=np.float32)
+                for k, v in list(self.state_dict().items()) + list(self.buffers().items())}
 
     def __repr__(self):
         c = self.config

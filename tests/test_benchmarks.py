@@ -111,3 +111,20 @@ def test_bench_attention_quick_times_the_three_kernels():
         assert float(sm) > 0 and float(fav) > 0 and float(lin) > 0
         assert abs(float(r1) - float(fav) / float(sm)) < 0.01 + 0.01 * float(r1)
     assert out.count("crossover:") == 2
+    models = re.findall(r"^\s+(softmax|favor|linear)\s+([\d,]+) tokens/s\s+([\d.]+)x softmax$",
+                        out, re.M)
+    assert [k for k, _, _ in models] == ["softmax", "favor", "linear"], out
+    assert models[0][2] == "1.00" and all(int(t.replace(",", "")) > 0 for _, t, _ in models)
+
+
+def test_attention_training_quick_reports_three_kernels(tmp_path):
+    data = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt")
+    if not os.path.exists(data):
+        pytest.skip("no ../shared/data/tinyshakespeare.txt beside the repository")
+    svg = tmp_path / "curves.svg"
+    out = run_bench("attention_training.py", "--out", str(tmp_path / "runs"), "--svg", str(svg))
+    vals = dict(re.findall(r"^(softmax|favor|linear)\s+val loss ([\d.]+)", out, re.M))
+    assert set(vals) == {"softmax", "favor", "linear"}, out
+    # a few steps from the same initial weights and batches: all near ln(vocabulary)
+    assert all(2.0 < float(v) < 6.0 for v in vals.values())
+    assert svg.read_text().count("<polyline") == 3
