@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyllm  # noqa: E402
 from pyllm.backend import backend_module, c_unavailable_reason  # noqa: E402
-from pyllm.linear_attention import feature_maps_backward, random_features  # noqa: E402
+from pyllm.linear_attention import feature_maps, feature_maps_backward, random_features  # noqa: E402
 from bench_kernels import timeit  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 
@@ -46,20 +46,16 @@ def linear_step(K, T, hd, NH, rng, kernel, m=64):
     w = random_features(m, hd, rng) if kernel == "favor" else None
     mf = m if kernel == "favor" else hd
     qf, kf = np.empty((NH, T, mf), np.float32), np.empty((NH, T, mf), np.float32)
+    kc = np.empty((NH, T), np.float32) if kernel == "favor" else None
     out, den = np.empty((NH, T, hd), np.float32), np.empty((NH, T), np.float32)
     dout = rng.standard_normal((NH, T, hd)).astype(np.float32)
     dqf, dkf, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
     dq, dk = np.zeros_like(q), np.zeros_like(k)
 
     def step():
-        if kernel == "favor":
-            K.favor_features_forward(qf, q, w, True)
-            K.favor_features_forward(kf, k, w, False)
-        else:
-            K.elu_features_forward(qf, q)
-            K.elu_features_forward(kf, k)
-        K.linear_attention_forward(out, den, qf, kf, v)
-        K.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den)
+        feature_maps(qf, kf, kc, q, k, kernel, w, backend=K)
+        K.linear_attention_forward(out, den, qf, kf, v, kc)
+        K.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc)
         feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel, w, backend=K)
     return step
 

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 5
+#define PYLLM_ABI_VERSION 6
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -110,20 +110,21 @@ int gpt_decode_step(float *logits, float *cache, float *scratch, const int32_t *
                     int L);
 
 /* linear_attention.c: per-head rows N = B*NH of T positions; x (N,T,d), w (m,d), features (N,T,m),
-   v and out (N,T,hd), den (N,T). FAVOR+ features (query: stabiliser per row; else per n); elu+1
-   features over n floats; causal linear attention by prefix sums and its backward (dqf, dkf,
-   dv may be NULL; gradients are added) */
-int favor_features_forward(float *out, const float *x, const float *w, int N, int T, int d, int m,
-                           int query);
+   v and out (N,T,hd), den (N,T), c / kc (N,T). FAVOR+ features stabilised per position (c, if
+   not NULL, receives the stabilisers: the keys' go to linear attention as kc, or NULL for none);
+   elu+1 features over n floats; causal linear attention by prefix sums and its backward (dqf,
+   dkf, dv may be NULL; gradients are added) */
+int favor_features_forward(float *out, float *c, const float *x, const float *w, int N, int T,
+                           int d, int m);
 int favor_features_backward(float *dx, const float *dout, const float *out, const float *x,
                             const float *w, int N, int T, int d, int m);
 int elu_features_forward(float *out, const float *x, int64_t n);
 int elu_features_backward(float *dx, const float *dout, const float *x, int64_t n);
 int linear_attention_forward(float *out, float *den, const float *qf, const float *kf,
-                             const float *v, int N, int T, int m, int hd);
+                             const float *v, const float *kc, int N, int T, int m, int hd);
 int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *dout,
                               const float *qf, const float *kf, const float *v, const float *out,
-                              const float *den, int N, int T, int m, int hd);
+                              const float *den, const float *kc, int N, int T, int m, int hd);
 
 /* adamw.c: one AdamW step over n parameters (bias-corrected moments, decoupled weight decay) */
 int adamw_update(float *params, const float *grads, float *m, float *v, int64_t n, float lr,

@@ -250,10 +250,10 @@ def self_test():
         "attention_forward": ([np.empty((2, 9, 8), np.float32), np.empty((2, 2, 9), np.float32),
                                qkv, 2], 0),
         "favor_features_forward": ([np.empty((2, 9, 16), np.float32), qkv[..., :8] * 0.5,
-                                    f(16, 8), False], 0),
+                                    f(16, 8)], 0),
         "linear_attention_forward": ([np.empty((2, 9, 8), np.float32),
                                       np.empty((2, 9), np.float32), np.exp(qkv[..., :8]),
-                                      np.exp(qkv[..., 8:16]), qkv[..., 16:]], 0),
+                                      np.exp(qkv[..., 8:16]), qkv[..., 16:], f(2, 9)], 0),
     }
     res = []
     for name, (args, out_i) in cases.items():

@@ -64,29 +64,38 @@ def feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel="favor", w=None
         raise ValueError("kernel must be 'favor' or 'linear', got %r" % (kernel,))
 
 
+def feature_maps(qf, kf, kc, q, k, kernel="favor", w=None, backend=None):
+    """Write the query and key features qf, kf (N, T, m) of q, k (N, T, d), and for favor the
+    keys' stabilisers kc (N, T), which :func:`causal_linear_attention`'s prefix sums need; for
+    ``kernel="linear"`` (elu + 1, m = d) kc is not written (pass None to the sums)."""
+    K = _kernels(q.dtype, backend)
+    if kernel == "favor":
+        if w is None:
+            raise ValueError("kernel='favor' needs w=random_features(m, d, rng)")
+        K.favor_features_forward(qf, q, w)
+        K.favor_features_forward(kf, k, w, kc)
+    elif kernel == "linear":
+        K.elu_features_forward(qf, q)
+        K.elu_features_forward(kf, k)
+    else:
+        raise ValueError("kernel must be 'favor' or 'linear', got %r" % (kernel,))
+
+
 def causal_linear_attention(q, k, v, kernel="favor", w=None):
     """Causal attention of q, k (N, T, d) over v (N, T, hd) through feature maps and prefix sums.
 
     ``kernel="favor"`` needs ``w`` (m, d) from :func:`random_features`; ``kernel="linear"`` uses
     elu(x) + 1. Returns out (N, T, hd) in the dtype of q (all arrays share it)."""
-    k_ = _kernels(q.dtype, None)
-    if kernel == "favor":
-        if w is None:
-            raise ValueError("kernel='favor' needs w=random_features(m, d, rng)")
-        m = w.shape[0]
-        qf = np.empty(q.shape[:2] + (m,), dtype=q.dtype)
-        kf = np.empty(k.shape[:2] + (m,), dtype=q.dtype)
-        k_.favor_features_forward(qf, q, w, True)
-        k_.favor_features_forward(kf, k, w, False)
-    elif kernel == "linear":
-        qf, kf = np.empty_like(q), np.empty_like(k)
-        k_.elu_features_forward(qf, q)
-        k_.elu_features_forward(kf, k)
-    else:
+    if kernel not in ("favor", "linear"):
         raise ValueError("kernel must be 'favor' or 'linear', got %r" % (kernel,))
+    m = w.shape[0] if kernel == "favor" and w is not None else q.shape[2]
+    qf = np.empty(q.shape[:2] + (m,), dtype=q.dtype)
+    kf = np.empty(k.shape[:2] + (m,), dtype=q.dtype)
+    kc = np.empty(k.shape[:2], dtype=q.dtype) if kernel == "favor" else None
+    feature_maps(qf, kf, kc, q, k, kernel, w)
     out = np.empty(v.shape, dtype=q.dtype)
     den = np.empty(q.shape[:2], dtype=q.dtype)
-    k_.linear_attention_forward(out, den, qf, kf, v)
+    _kernels(q.dtype, None).linear_attention_forward(out, den, qf, kf, v, kc)
     return out
 
 
@@ -144,7 +153,8 @@ class KernelAttention:
         """Per-layer activations kept for backward, and the scratch the layers share."""
         N, m, hd, dt = B * self.NH, self.m, self.hd, self.dtype
         e = lambda *s: np.zeros(s, dtype=dt)  # noqa: E731
-        return {"qf": e(N, T, m), "kf": e(N, T, m), "out": e(N, T, hd), "den": e(N, T)}
+        return {"qf": e(N, T, m), "kf": e(N, T, m), "out": e(N, T, hd), "den": e(N, T),
+                "kc": e(N, T) if self.kind == "favor" else None}
 
     def scratch(self, B, T):
         """Scratch for forward and backward, shared by the layers."""
@@ -167,13 +177,9 @@ class KernelAttention:
     def forward(self, i, atty, qkv, buf, sc):
         """Layer i: atty (B,T,C) from qkv (B,T,3C); fills buf (this layer's :meth:`buffers`)."""
         q, k, v = self._qkv(sc, qkv)
-        if self.kind == "favor":
-            ops.favor_features_forward(buf["qf"], q, self.features[i], True)
-            ops.favor_features_forward(buf["kf"], k, self.features[i], False)
-        else:
-            ops.elu_features_forward(buf["qf"], q)
-            ops.elu_features_forward(buf["kf"], k)
-        ops.linear_attention_forward(buf["out"], buf["den"], buf["qf"], buf["kf"], v)
+        feature_maps(buf["qf"], buf["kf"], buf["kc"], q, k, self.kind,
+                     self.features[i] if self.features else None, backend=ops)
+        ops.linear_attention_forward(buf["out"], buf["den"], buf["qf"], buf["kf"], v, buf["kc"])
         B, T = qkv.shape[:2]
         _merge_heads(atty, buf["out"].reshape(B, self.NH, T, self.hd))
 
@@ -187,7 +193,7 @@ class KernelAttention:
         for name in ("dq", "dk", "dv", "dqf", "dkf"):
             sc[name].fill(0)
         ops.linear_attention_backward(sc["dqf"], sc["dkf"], sc["dv"], dout, buf["qf"],
-                                      buf["kf"], v, buf["out"], buf["den"])
+                                      buf["kf"], v, buf["out"], buf["den"], buf["kc"])
         feature_maps_backward(sc["dq"], sc["dk"], sc["dqf"], sc["dkf"], buf["qf"], buf["kf"],
                               q, k, self.kind, self.features[i] if self.features else None,
                               backend=ops)
@@ -197,11 +203,16 @@ class KernelAttention:
 
     def probs(self, dst, buf, b):
         """The normalised causal weights of sequence b of the last forward: dst (NH,T,T),
-        dst[h, t, s] = qf_t . kf_s / den_t for s <= t, 0 above the diagonal."""
+        dst[h, t, s] = qf_t . kf_s exp(kc_s - M_t) / den_t for s <= t (M_t the running maximum
+        of the keys' stabilisers kc; 1 for linear), 0 above the diagonal."""
         NH = self.NH
         qf, kf, den = (buf[n][b * NH:(b + 1) * NH].astype(np.float64) for n in ("qf", "kf", "den"))
-        w = np.tril(qf @ kf.transpose(0, 2, 1)) / den[..., None]
-        dst[...] = w
+        w = qf @ kf.transpose(0, 2, 1)                                      # (NH,T,T)
+        if buf["kc"] is not None:
+            kc = buf["kc"][b * NH:(b + 1) * NH].astype(np.float64)
+            M = np.maximum.accumulate(kc, axis=1)
+            w *= np.exp(np.minimum(kc[:, None, :] - M[:, :, None], 0))
+        dst[...] = np.tril(w) / den[..., None]
 
     def running_state(self, B):
         """A :class:`RunningState` for sampling B sequences one token at a time."""
@@ -210,22 +221,21 @@ class KernelAttention:
 
 class RunningState:
     """Sampling's attention for favor and linear heads: per layer the running sums
-    S = sum_s phi(k_s) v_s^T (B,NH,m,hd) and z = sum_s phi(k_s) (B,NH,m) replace the KV cache,
-    so each new token costs O(m hd) per head whatever its position. FAVOR+ keys keep a running
-    stabiliser c (the largest exponent seen so far); when a new key raises it, S and z are
-    rescaled by exp(c_old - c_new), which leaves every normalised output unchanged.
+    S = sum_s phi(k_s) v_s^T (B*NH,m,hd) and z = sum_s phi(k_s) (B*NH,m) replace the KV cache, so
+    each new token costs O(m hd) per head whatever its position. As in the prefix-sum kernels,
+    FAVOR+ sums are kept on the scale of the largest key stabiliser so far, M: when a new key
+    raises it, S and z are rescaled by exp(M_old - M_new), which changes no normalised output.
 
     Use: :meth:`prefill` after a full forward over the prompt, then :meth:`decode` per layer
     and token (it is the ``attention`` of the NumPy backend's ``Decoder``)."""
 
     def __init__(self, ka, B):
         self.ka, self.B = ka, int(B)
-        NH, m, hd, dt = ka.NH, ka.m, ka.hd, ka.dtype
-        self.S, self.z, self.c = [], [], []
-        self.q = np.zeros((self.B * NH, 1, hd), dtype=dt)
-        self.qf = np.zeros((self.B * NH, 1, m), dtype=dt)
-        self.kf = np.zeros((self.B * NH, 1, m), dtype=dt)
-        self.k = np.zeros((self.B * NH, 1, hd), dtype=dt)
+        N, m, hd, dt = self.B * ka.NH, ka.m, ka.hd, ka.dtype
+        self.S, self.z, self.M = [], [], []
+        self.q, self.k = np.zeros((N, 1, hd), dtype=dt), np.zeros((N, 1, hd), dtype=dt)
+        self.qf, self.kf = np.zeros((N, 1, m), dtype=dt), np.zeros((N, 1, m), dtype=dt)
+        self.kc = np.zeros((N, 1), dtype=dt) if ka.kind == "favor" else None
 
     def _layer(self, i):
         ka = self.ka
@@ -233,13 +243,8 @@ class RunningState:
             N = self.B * ka.NH
             self.S.append(np.zeros((N, ka.m, ka.hd), dtype=ka.dtype))
             self.z.append(np.zeros((N, ka.m), dtype=ka.dtype))
-            self.c.append(np.full(N, -np.inf))
+            self.M.append(np.full(N, -np.inf, dtype=ka.dtype))
         return self.S[i], self.z[i]
-
-    def _key_exponents(self, i, k):
-        """a = u . w_r - |u|^2 / 2 for keys k (N,T,hd), u = k d^-1/4: (N,T,m) float64."""
-        u = k.astype(np.float64) * self.ka.hd ** -0.25
-        return u @ self.ka.features[i].T.astype(np.float64) - 0.5 * (u * u).sum(-1)[..., None]
 
     def prefill(self, i, qkv, buf):
         """Layer i's sums over the prompt of a full forward: its qkv (B,T,3C) and buffers."""
@@ -247,36 +252,32 @@ class RunningState:
         ka, B, T = self.ka, qkv.shape[0], qkv.shape[1]
         v = np.empty((B, ka.NH, T, ka.hd), dtype=ka.dtype)
         _split_heads(v, qkv, 2, ka.NH)
-        v = v.reshape(B * ka.NH, T, ka.hd)
         kf = buf["kf"]
-        S[...] = np.einsum("ntm,nth->nmh", kf, v)
+        if buf["kc"] is not None:        # on the scale of the prompt's largest stabiliser
+            self.M[i] = buf["kc"].max(axis=1)
+            kf = kf * np.exp(buf["kc"] - self.M[i][:, None])[..., None]
+        S[...] = np.einsum("ntm,nth->nmh", kf, v.reshape(B * ka.NH, T, ka.hd))
         z[...] = kf.sum(axis=1)
-        if ka.kind == "favor":          # the stabiliser the forward's key features used
-            k = np.empty((B, ka.NH, T, ka.hd), dtype=ka.dtype)
-            _split_heads(k, qkv, 1, ka.NH)
-            self.c[i] = self._key_exponents(i, k.reshape(B * ka.NH, T, ka.hd)).max(axis=(1, 2))
 
     def decode(self, i, att, qkv, pos):
         """Layer i, one token per sequence: att (B,C) from qkv (B,3C); updates S, z."""
         ka, S, z = self.ka, *self._layer(i)
-        B, NH, hd, m = self.B, ka.NH, ka.hd, ka.m
+        B, NH, hd = self.B, ka.NH, ka.hd
         x = qkv.reshape(B, 3, NH, hd)
         self.q[:, 0] = x[:, 0].reshape(B * NH, hd)
         self.k[:, 0] = x[:, 1].reshape(B * NH, hd)
         v = x[:, 2].reshape(B * NH, hd)
-        if ka.kind == "favor":
-            ops.favor_features_forward(self.qf, self.q, ka.features[i], True)
-            a = self._key_exponents(i, self.k)[:, 0]                     # (N,m)
-            c_new = np.maximum(self.c[i], a.max(axis=1))
-            scale = np.exp(self.c[i] - c_new).astype(ka.dtype)           # 0 at the first token
-            S *= scale[:, None, None]
-            z *= scale[:, None]
-            self.c[i] = c_new
-            self.kf[:, 0] = (np.exp(a - c_new[:, None]) * m ** -0.5).astype(ka.dtype)
-        else:
-            ops.elu_features_forward(self.qf, self.q)
-            ops.elu_features_forward(self.kf, self.k)
+        feature_maps(self.qf, self.kf, self.kc, self.q, self.k, ka.kind,
+                     ka.features[i] if ka.features else None, backend=ops)
         kf, qf = self.kf[:, 0], self.qf[:, 0]
+        if self.kc is not None:
+            c = self.kc[:, 0]
+            M = np.maximum(self.M[i], c)
+            grow = np.exp(np.where(np.isfinite(self.M[i]), self.M[i] - M, 0))  # 1 when unchanged
+            S *= grow[:, None, None]
+            z *= grow[:, None]
+            kf = kf * np.exp(c - M)[:, None]
+            self.M[i] = M
         S += kf[:, :, None] * v[:, None, :]
         z += kf
         den = np.maximum(np.einsum("nm,nm->n", qf, z), _spec.LINATT_DEN_MIN)

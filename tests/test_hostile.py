@@ -625,7 +625,7 @@ def attention_probs_output_over_its_input(be):
 
 @child_case(K, ValueError, "w must have shape (m, 4) with m >= 1, got (5, 3)")
 def favor_features_w_of_the_wrong_width(be):
-    _k(be).favor_features_forward(e32(2, 3, 5), f32(2, 3, 4), f32(5, 3), True)
+    _k(be).favor_features_forward(e32(2, 3, 5), f32(2, 3, 4), f32(5, 3))
 
 
 @child_case(K, ValueError, "v must have shape (2, 3, hd), got (2, 4, 4)")
@@ -653,9 +653,15 @@ def linear_attention_with_nan(be):
     x = hostile(2, 6, 4)
     agree("elu_features_forward", [z32(2, 6, 4), x], [0])
     w = f32(8, 4, seed=1)
-    agree("favor_features_forward", [z32(2, 6, 8), x, w, True], [0])
+    agree("favor_features_forward", [z32(2, 6, 8), x, w, z32(2, 6)], [0, 3])
     qf, kf = np.abs(f32(2, 6, 8)), np.abs(f32(2, 6, 8, seed=2))
     agree("linear_attention_forward", [z32(2, 6, 4), z32(2, 6), qf, kf, hostile(2, 6, 4)], [0])
+    # NaN, +-Inf and 3e38 among the keys' stabilisers: the same places in both backends
+    q8, k8, v8, kc = np.abs(f32(8, 6, 5)), np.abs(f32(8, 6, 5, seed=3)), f32(8, 6, 4), hostile(8, 6)
+    agree("linear_attention_forward", [z32(8, 6, 4), z32(8, 6), q8, k8, v8, kc], [0, 1])
+    agree("linear_attention_backward", [z32(8, 6, 5), z32(8, 6, 5), z32(8, 6, 4), f32(8, 6, 4),
+                                        q8, k8, v8, np.abs(f32(8, 6, 4)),
+                                        np.ones((8, 6), np.float32), kc], [0, 1, 2])
     # NaN/Inf in the query features: both backends keep them in den (the guard is a maximum)
     agree("linear_attention_forward", [z32(2, 6, 4), z32(2, 6), hostile(2, 6, 8), kf, f32(2, 6, 4)],
           [0, 1])

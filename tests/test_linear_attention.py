@@ -28,19 +28,25 @@ def favor_formula(x, w):
     return np.exp(u @ w.T - 0.5 * (u * u).sum(-1, keepdims=True)) / np.sqrt(w.shape[0])
 
 
-def features(x, w=None, query=True):
+def features(x, w=None):
+    """(features, stabilisers c (N,T) or None) of x through the NumPy kernels."""
     out = np.empty(x.shape[:2] + ((w.shape[0],) if w is not None else (x.shape[2],)), x.dtype)
     if w is None:
         K.elu_features_forward(out, x)
-    else:
-        K.favor_features_forward(out, x, w, query)
-    return out
+        return out, None
+    c = np.empty(x.shape[:2], x.dtype)
+    K.favor_features_forward(out, x, w, c)
+    return out, c
 
 
-def masked_reference(qf, kf, v):
-    """The quadratic computation: A = tril(qf kf^T), out = A v / A 1 (float64)."""
+def masked_reference(qf, kf, v, kc=None):
+    """The quadratic computation (float64): A = tril(qf (kf exp(kc))^T), out = A v / A 1, with
+    the keys' stabilisers kc put back (one shift per row, so exp cannot overflow)."""
     T = qf.shape[1]
     qf, kf = qf.astype(np.float64), kf.astype(np.float64)
+    if kc is not None:
+        kc = kc.astype(np.float64)
+        kf = kf * np.exp(kc - kc.max(axis=1, keepdims=True))[..., None]
     A = np.tril(np.ones((T, T))) * (qf @ kf.transpose(0, 2, 1))
     return (A @ v.astype(np.float64)) / A.sum(-1, keepdims=True)
 
@@ -74,13 +80,12 @@ def test_favor_kernel_is_the_formula_up_to_the_stabiliser():
     x = rng.standard_normal((3, 7, 8))
     w = random_features(24, 8, 3, True, np.float64)
     ref = favor_formula(x, w)
-    q = features(x, w, True)
-    ratio = q / ref                     # one constant per query row
-    assert np.allclose(ratio, ratio[..., :1], rtol=1e-9)
-    assert np.allclose(q.max(-1), 24 ** -0.5)        # the largest feature of a row is m^-1/2
-    kk = features(x, w, False)
-    ratio = kk / ref                    # one constant per key row n, across all T and m
-    assert np.allclose(ratio, ratio[:, :1, :1], rtol=1e-9)
+    f, c = features(x, w)
+    np.testing.assert_allclose(f * np.exp(c)[..., None], ref, rtol=1e-12)   # exactly exp(-c)
+    assert np.allclose(f.max(-1), 24 ** -0.5)        # the largest feature of a row is m^-1/2
+    f2 = np.empty_like(f)
+    K.favor_features_forward(f2, x, w)               # queries: the same features, c not kept
+    assert np.array_equal(f2, f)
 
 
 def test_favor_converges_like_inverse_sqrt_m_and_orthogonal_does_no_worse():
@@ -128,35 +133,35 @@ def test_prefix_sums_equal_the_materialised_masked_product(dtype, tol, kernel):
     q, k = (rng.standard_normal((N, T, d)).astype(dtype) for _ in range(2))
     v = rng.standard_normal((N, T, hd)).astype(dtype)
     w = random_features(40, d, 5, True, dtype) if kernel == "favor" else None
-    qf, kf = features(q, w, True), features(k, w, False)
+    (qf, _), (kf, kc) = features(q, w), features(k, w)
+    if kernel == "favor":               # keys whose scales differ widely: the rescaling works
+        kc = kc + np.linspace(-30, 30, T).astype(dtype)[(np.arange(T) * 7) % T]
     out = np.empty((N, T, hd), dtype)
     den = np.empty((N, T), dtype)
-    K.linear_attention_forward(out, den, qf, kf, v)
-    assert np.abs(out - masked_reference(qf, kf, v)).max() <= tol
+    K.linear_attention_forward(out, den, qf, kf, v, kc)
+    assert np.abs(out - masked_reference(qf, kf, v, kc)).max() <= tol
 
 
-def test_inputs_times_ten_stay_finite_and_convex():
-    """q, k, v x 10: no overflow, no NaN; every output row whose weights did not all underflow in
-    float32 is a convex combination of the values it may see (rows whose weights underflow lean
-    on the denominator guard; a running-max rescaling of the sums would keep them positive)."""
+def test_inputs_times_ten_stay_finite_positive_and_convex():
+    """q, k, v x 10 in float32: no overflow, no NaN, every row's weights sum to more than the
+    guard (the running maximum keeps early keys from underflowing when a later key is large;
+    with one maximum over the whole sequence, 11 of these 32 rows fell to the guard), and every
+    output is a convex combination of the values it may see."""
     rng = np.random.default_rng(5)
     N, T, d = 2, 16, 16
     q, k, v = (rng.standard_normal((N, T, d)).astype(np.float32) * 10 for _ in range(3))
     w = random_features(64, d, 6)
-    qf, kf = features(q, w, True), features(k, w, False)
-    assert np.all(qf >= 0) and np.all(kf >= 0) and np.all(qf.max(-1) > 0)
-    out = causal_linear_attention(q, k, v, "favor", w)
-    assert np.all(np.isfinite(out))
-    A = np.tril(np.ones((T, T), np.float32)) * (qf @ kf.transpose(0, 2, 1))
-    assert np.all(A >= 0)
-    live = 0
+    (qf, _), (kf, kc) = features(q, w), features(k, w)
+    assert np.all(qf >= 0) and np.all(kf >= 0) and np.all(np.isfinite(kc))
+    out, den = np.empty((N, T, d), np.float32), np.empty((N, T), np.float32)
+    K.linear_attention_forward(out, den, qf, kf, v, kc)
+    assert np.all(np.isfinite(out)) and np.all(den > K.LINATT_DEN_MIN)
+    np.testing.assert_allclose(causal_linear_attention(q, k, v, "favor", w), out, rtol=1e-4,
+                               atol=1e-4)          # the selected backend (C when built) too
     for n in range(N):
         for t in range(T):
-            if A[n, t].sum() > 1e-20:
-                live += 1
-                lo, hi = v[n, :t + 1].min(0), v[n, :t + 1].max(0)
-                assert np.all(out[n, t] >= lo - 1e-3) and np.all(out[n, t] <= hi + 1e-3)
-    assert live > 0
+            lo, hi = v[n, :t + 1].min(0), v[n, :t + 1].max(0)
+            assert np.all(out[n, t] >= lo - 1e-3) and np.all(out[n, t] <= hi + 1e-3)
 
 
 def test_denominator_guard_never_divides_by_zero():
@@ -178,26 +183,30 @@ def _fd_check(loss, analytic, x, rng):
         assert abs(analytic.reshape(-1)[i] - num) <= 1e-7 + 1e-6 * abs(num), (i, num)
 
 
-def test_linear_attention_backward_matches_finite_differences():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_linear_attention_backward_matches_finite_differences(scaled):
+    """With and without key stabilisers kc (spread so that the running maximum grows and the
+    sums are rescaled going both ways)."""
     rng = np.random.default_rng(6)
     N, T, m, hd = 2, 9, 5, 4
     qf, kf = (np.exp(rng.standard_normal((N, T, m))) for _ in range(2))
     v = rng.standard_normal((N, T, hd))
     R = rng.standard_normal((N, T, hd))
+    kc = rng.uniform(-3, 3, (N, T)) if scaled else None
 
     def loss():
         out, den = np.empty((N, T, hd)), np.empty((N, T))
-        K.linear_attention_forward(out, den, qf, kf, v)
+        K.linear_attention_forward(out, den, qf, kf, v, kc)
         return float((out * R).sum())
     out, den = np.empty((N, T, hd)), np.empty((N, T))
-    K.linear_attention_forward(out, den, qf, kf, v)
+    K.linear_attention_forward(out, den, qf, kf, v, kc)
     dq, dk, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
-    K.linear_attention_backward(dq, dk, dv, R, qf, kf, v, out, den)
+    K.linear_attention_backward(dq, dk, dv, R, qf, kf, v, out, den, kc)
     for x, g in ((qf, dq), (kf, dk), (v, dv)):
         _fd_check(loss, g, x, rng)
     # None skips a gradient; the others are unchanged
     dq2 = np.zeros_like(qf)
-    K.linear_attention_backward(dq2, None, None, R, qf, kf, v, out, den)
+    K.linear_attention_backward(dq2, None, None, R, qf, kf, v, out, den, kc)
     np.testing.assert_allclose(dq2, dq, rtol=1e-12)
 
 
@@ -214,11 +223,11 @@ def test_feature_backward_through_normalised_attention_matches_finite_difference
 
     def loss():
         return float((causal_linear_attention(q, k, v, kernel, w) * R).sum())
-    qf, kf = features(q, w, True), features(k, w, False)
+    (qf, _), (kf, kc) = features(q, w), features(k, w)
     out, den = np.empty((N, T, hd)), np.empty((N, T))
-    K.linear_attention_forward(out, den, qf, kf, v)
+    K.linear_attention_forward(out, den, qf, kf, v, kc)
     dqf, dkf = np.zeros_like(qf), np.zeros_like(kf)
-    K.linear_attention_backward(dqf, dkf, None, R, qf, kf, v, out, den)
+    K.linear_attention_backward(dqf, dkf, None, R, qf, kf, v, out, den, kc)
     dq, dk = np.zeros_like(q), np.zeros_like(k)
     feature_maps_backward(dq, dk, dqf, dkf, qf, kf, q, k, kernel, w, backend=K)
     for x, g in ((q, dq), (k, dk)):
@@ -229,10 +238,14 @@ def test_bad_arguments_are_refused_by_name():
     x = np.zeros((2, 3, 4), np.float32)
     w = np.zeros((5, 4), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
-        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, np.zeros((5, 3), np.float32),
-                                 True)
+        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, np.zeros((5, 3), np.float32))
     with pytest.raises(ValueError, match="out"):
-        K.favor_features_forward(np.empty((2, 3, 4), np.float32), x, w, True)
+        K.favor_features_forward(np.empty((2, 3, 4), np.float32), x, w)
+    with pytest.raises(ValueError, match="c "):
+        K.favor_features_forward(np.empty((2, 3, 5), np.float32), x, w, np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="kc"):
+        K.linear_attention_forward(np.empty((2, 3, 4), np.float32), np.empty((2, 3), np.float32),
+                                   x, x, x, np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="v must have shape"):
         K.linear_attention_forward(np.empty((2, 3, 4), np.float32), np.empty((2, 3), np.float32),
                                    x, x, np.zeros((2, 4, 4), np.float32))
@@ -268,21 +281,26 @@ def test_c_kernels_match_the_numpy_specification():
     res = {}
     for name, be in (("numpy", K), ("c", C)):
         qf, kf = np.empty((N, T, m), np.float32), np.empty((N, T, m), np.float32)
-        be.favor_features_forward(qf, q, w, True)
-        be.favor_features_forward(kf, k, w, False)
+        kc = np.empty((N, T), np.float32)
+        be.favor_features_forward(qf, q, w)
+        be.favor_features_forward(kf, k * np.linspace(0.5, 3, T, dtype=np.float32)[:, None], w, kc)
         eq, ek = np.empty_like(q), np.empty_like(k)
         be.elu_features_forward(eq, q)
         be.elu_features_forward(ek, k)
         out, den = np.empty((N, T, hd), np.float32), np.empty((N, T), np.float32)
-        be.linear_attention_forward(out, den, qf, kf, v)
+        be.linear_attention_forward(out, den, qf, kf, v, kc)
         dout = np.asarray(np.random.default_rng(1).standard_normal(out.shape), np.float32)
         dqf, dkf, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(v)
-        be.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den)
+        be.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc)
+        out0, den0 = np.empty_like(out), np.empty_like(den)              # without kc
+        be.linear_attention_forward(out0, den0, qf, kf, v)
+        dq0 = np.zeros_like(qf)
+        be.linear_attention_backward(dq0, None, None, dout, qf, kf, v, out0, den0)
         dq, dk = np.full_like(q, 0.5), np.zeros_like(k)            # backwards add into dx
         be.favor_features_backward(dq, dqf, qf, q, w)
         be.elu_features_backward(dk, np.ascontiguousarray(dkf[..., :d]), k)
-        res[name] = dict(qf=qf, kf=kf, eq=eq, out=out, den=den, dqf=dqf, dkf=dkf, dv=dv, dq=dq,
-                         dk=dk)
+        res[name] = dict(qf=qf, kf=kf, kc=kc, eq=eq, out=out, den=den, dqf=dqf, dkf=dkf, dv=dv,
+                         dq=dq, dk=dk, out0=out0, dq0=dq0)
     for key, a in res["numpy"].items():
         b = res["c"][key]
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5 * max(1.0, np.abs(a).max()),
@@ -302,7 +320,7 @@ def test_c_kernels_same_bits_for_any_thread_count():
             pyllm.set_backend("c")
             out = causal_linear_attention(q, k, v, "favor", w)
             qf = np.empty(q.shape[:2] + (w.shape[0],), np.float32)
-            C.favor_features_forward(qf, q, w, True)
+            C.favor_features_forward(qf, q, w)
             dq = np.zeros_like(q)
             C.favor_features_backward(dq, qf, qf, q, w)
             outs.append((out, dq))

@@ -502,10 +502,13 @@ def _favor_inputs(x, w, dt):
     return N, T, d, w.shape[0]
 
 
-def favor_features_forward(out, x, w, dt):
+def favor_features_forward(out, x, w, c, dt):
     N, T, d, m = _favor_inputs(x, w, dt)
     _ntd("out", out, dt, like=x, shape=(N, T, m), out=True)
     no_alias("out", out, x=x, w=w)
+    if c is not None:
+        farr("c", c, dt, like=x, shape=(N, T), out=True)
+        no_alias("c", c, out=out, x=x, w=w)
     return size("N", N), size("T", T), size("d", d, 1), size("m", m, 1)
 
 
@@ -518,30 +521,32 @@ def favor_features_backward(dx, dout, out, x, w, dt):
     return N, T, d, m
 
 
-def _linear_attention_inputs(qf, kf, v, dt):
+def _linear_attention_inputs(qf, kf, v, kc, dt):
     N, T, m = _ntd("qf", qf, dt)
     _ntd("kf", kf, dt, like=qf, shape=(N, T, m))
     hd = _ntd("v", v, dt, like=qf)[2]
     if v.shape[:2] != (N, T):
         raise ValueError("v must have shape (%d, %d, hd), got %s" % (N, T, v.shape))
+    if kc is not None:
+        farr("kc", kc, dt, like=qf, shape=(N, T))
     return N, T, m, hd
 
 
-def linear_attention_forward(out, den, qf, kf, v, dt):
-    N, T, m, hd = _linear_attention_inputs(qf, kf, v, dt)
+def linear_attention_forward(out, den, qf, kf, v, kc, dt):
+    N, T, m, hd = _linear_attention_inputs(qf, kf, v, kc, dt)
     _ntd("out", out, dt, like=qf, shape=(N, T, hd), out=True)
     farr("den", den, dt, like=qf, shape=(N, T), out=True)
-    no_alias("out", out, qf=qf, kf=kf, v=v, den=den)
-    no_alias("den", den, qf=qf, kf=kf, v=v)
+    no_alias("out", out, qf=qf, kf=kf, v=v, den=den, kc=kc)
+    no_alias("den", den, qf=qf, kf=kf, v=v, kc=kc)
     return size("N", N), size("T", T), size("m", m, 1), size("hd", hd, 1)
 
 
-def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, dt):
-    N, T, m, hd = _linear_attention_inputs(qf, kf, v, dt)
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc, dt):
+    N, T, m, hd = _linear_attention_inputs(qf, kf, v, kc, dt)
     for name, a in (("dout", dout), ("out", out)):
         _ntd(name, a, dt, like=qf, shape=(N, T, hd))
     farr("den", den, dt, like=qf, shape=(N, T))
-    ins = dict(dout=dout, qf=qf, kf=kf, v=v, out=out, den=den)
+    ins = dict(dout=dout, qf=qf, kf=kf, v=v, out=out, den=den, kc=kc)
     for name, a, shape in (("dqf", dqf, (N, T, m)), ("dkf", dkf, (N, T, m)),
                            ("dv", dv, (N, T, hd))):
         if a is not None:

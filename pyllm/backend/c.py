@@ -183,10 +183,10 @@ class Decoder:
 LINATT_DEN_MIN = 1e-30
 
 
-def favor_features_forward(out, x, w, query):
-    N, T, d, m = chk.favor_features_forward(out, x, w, DT)
-    _ok("favor_features_forward", lib.favor_features_forward(_f(out), _f(x), _f(w), N, T, d, m,
-                                                             int(bool(query))))
+def favor_features_forward(out, x, w, c=None):
+    N, T, d, m = chk.favor_features_forward(out, x, w, c, DT)
+    _ok("favor_features_forward", lib.favor_features_forward(_f(out), _f(c), _f(x), _f(w), N, T,
+                                                             d, m))
 
 
 def favor_features_backward(dx, dout, out, x, w):
@@ -205,16 +205,16 @@ def elu_features_backward(dx, dout, x):
     _ok("elu_features_backward", lib.elu_features_backward(_f(dx), _f(dout), _f(x), n))
 
 
-def linear_attention_forward(out, den, qf, kf, v):
-    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, DT)
+def linear_attention_forward(out, den, qf, kf, v, kc=None):
+    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, kc, DT)
     _ok("linear_attention_forward", lib.linear_attention_forward(_f(out), _f(den), _f(qf), _f(kf),
-                                                                 _f(v), N, T, m, hd))
+                                                                 _f(v), _f(kc), N, T, m, hd))
 
 
-def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den):
-    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, DT)
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
+    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc, DT)
     _ok("linear_attention_backward", lib.linear_attention_backward(
-        _f(dqf), _f(dkf), _f(dv), _f(dout), _f(qf), _f(kf), _f(v), _f(out), _f(den),
+        _f(dqf), _f(dkf), _f(dv), _f(dout), _f(qf), _f(kf), _f(v), _f(out), _f(den), _f(kc),
         N, T, m, hd))
 
 

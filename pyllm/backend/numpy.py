@@ -329,29 +329,32 @@ class _Kernels:
 LINATT_DEN_MIN = 1e-30    # the denominator guard: phi(q_t) . sum phi(k_s) is never below this
 
 
-def favor_features_forward(out, x, w, query):
+def favor_features_forward(out, x, w, c=None):
     """FAVOR+ positive random features (Performer): out (N,T,m) from x (N,T,d), w (m,d).
 
-    With u = x * d**-0.25: out = m**-0.5 * exp(u . w_i - |u|^2 / 2 - c), so that
-    E[phi(q) . phi(k)] = exp(q . k / sqrt(d)) * exp(-c_q - c_k) over Gaussian w. The stabiliser c
-    is the maximum of u . w_i - |u|^2 / 2 over the m features of each row for queries
-    (``query=True``), and over all T positions and m features of each of the N rows for keys
-    (one constant per row: it cancels in the normalised attention and keeps it causal).
+    With u = x * d**-0.25 and a_i = u . w_i - |u|^2 / 2: out = m**-0.5 * exp(a_i - c), where
+    the stabiliser c = max_i a_i of each position keeps every exponent <= 0 and the largest
+    feature at m**-0.5 (E[phi(q) . phi(k)] = exp(q . k / sqrt(d)) for the unstabilised
+    features, over Gaussian w). c (N,T), when given, receives the stabilisers: key features
+    need them (pass them as ``kc`` to :func:`linear_attention_forward`, which puts the keys back
+    on one scale causally); for queries they cancel in the normalised attention.
     """
-    N, T, d, m = chk.favor_features_forward(out, x, w, DT)
+    N, T, d, m = chk.favor_features_forward(out, x, w, c, DT)
     if N * T == 0:
         return
     u = x * x.dtype.type(d ** -0.25)
     a = u @ w.T - 0.5 * (u * u).sum(axis=-1, keepdims=True)          # (N,T,m)
-    c = a.max(axis=-1, keepdims=True) if query else a.max(axis=(1, 2), keepdims=True)
-    out[...] = np.exp(a - c) * x.dtype.type(m ** -0.5)
+    cmax = a.max(axis=-1, keepdims=True)
+    out[...] = np.exp(a - cmax) * x.dtype.type(m ** -0.5)
+    if c is not None:
+        c[...] = cmax[..., 0]
 
 
 def favor_features_backward(dx, dout, out, x, w):
     """dx (N,T,d) += d**-0.25 * (g @ w - u * sum_i g_i), g = dout * out.
 
-    d out_i / d u = out_i * (w_i - u); the stabiliser counts as a constant (its effect cancels
-    in the normalised attention)."""
+    d out_i / d u = out_i * (w_i - u); the stabiliser counts as a constant (the attention does
+    not depend on it)."""
     N, T, d, m = chk.favor_features_backward(dx, dout, out, x, w, DT)
     if N * T == 0:
         return
@@ -372,30 +375,53 @@ def elu_features_backward(dx, dout, x):
     dx += dout * np.where(x > 0, 1, np.exp(np.minimum(x, 0))).astype(x.dtype)
 
 
-def linear_attention_forward(out, den, qf, kf, v):
+def _key_scales(kc, N, T, dtype):
+    """The running maximum M_t = max_{s<=t} kc_s (N,T), the factors exp(M_{t-1} - M_t) that
+    bring the sums from M_{t-1} to M_t (1 at t = 0), and the key weights exp(kc_t - M_t)."""
+    if kc is None:
+        one = np.ones((N, T), dtype=dtype)
+        return None, one, one
+    M = np.maximum.accumulate(kc, axis=1)
+    prev = np.concatenate([M[:, :1], M[:, :-1]], axis=1)
+    return M, np.exp(prev - M), np.exp(kc - M)
+
+
+def linear_attention_forward(out, den, qf, kf, v, kc=None):
     """Causal linear attention: out (N,T,hd), den (N,T) from qf, kf (N,T,m), v (N,T,hd).
 
-    S_t = sum_{s<=t} kf_s v_s^T (m,hd), z_t = sum_{s<=t} kf_s (m);
-    den_t = max(qf_t . z_t, LINATT_DEN_MIN), out_t = qf_t^T S_t / den_t. Only the running
-    S and z are kept (O(m hd) per row), never a (T, m, hd) tensor."""
-    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, DT)
+    The keys' features are kf_s * exp(kc_s) (kc (N,T) from :func:`favor_features_forward`; None:
+    0). With M_t = max_{s<=t} kc_s, the sums are kept on the scale of exp(M_t):
+    S_t = sum_{s<=t} exp(kc_s - M_t) kf_s v_s^T (m,hd), z_t likewise (m), updated by rescaling
+    S_{t-1}, z_{t-1} by exp(M_{t-1} - M_t) <= 1 -- no weight underflows because a later key is
+    large, and nothing depends on positions after t. den_t = max(qf_t . z_t, LINATT_DEN_MIN),
+    out_t = qf_t^T S_t / den_t. Only the running S and z are kept (O(m hd) per row), never a
+    (T, m, hd) tensor."""
+    N, T, m, hd = chk.linear_attention_forward(out, den, qf, kf, v, kc, DT)
+    _, grow, wk = _key_scales(kc, N, T, qf.dtype)
     S = np.zeros((N, m, hd), dtype=qf.dtype)
     z = np.zeros((N, m), dtype=qf.dtype)
     for t in range(T):
-        S += kf[:, t, :, None] * v[:, t, None, :]
-        z += kf[:, t]
+        S *= grow[:, t, None, None]
+        z *= grow[:, t, None]
+        k = kf[:, t] * wk[:, t, None]
+        S += k[:, :, None] * v[:, t, None, :]
+        z += k
         den[:, t] = np.maximum(np.einsum("nm,nm->n", qf[:, t], z), LINATT_DEN_MIN)
         out[:, t] = np.einsum("nm,nmh->nh", qf[:, t], S) / den[:, t, None]
 
 
-def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den):
+def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
     """Gradients of :func:`linear_attention_forward` (added into dqf, dkf, dv; None skips).
 
     With g_t = dout_t / den_t and e_t = -(dout_t . out_t) / den_t (zero where the guard held):
-    dqf_t = S_t g_t + e_t z_t            (S, z rebuilt by running the sums forwards again)
-    dkf_s = R_s v_s + r_s, dv_s = R_s^T kf_s, with R_s = sum_{t>=s} qf_t g_t^T and
-    r_s = sum_{t>=s} e_t qf_t            (running the sums backwards)."""
-    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, DT)
+    dqf_t = S_t g_t + e_t z_t                (S, z rebuilt by running the sums forwards again)
+    dkf_s = w_s (R_s v_s + r_s), dv_s = R_s^T (w_s kf_s), with w_s = exp(kc_s - M_s),
+    R_s = sum_{t>=s} exp(M_s - M_t) qf_t g_t^T and r_s = sum_{t>=s} exp(M_s - M_t) e_t qf_t
+    (running the sums backwards, scaled down by exp(M_s - M_{s+1}) <= 1 at each step). kc is a
+    stabiliser: the attention does not depend on it, and it gets no gradient."""
+    N, T, m, hd = chk.linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc,
+                                                DT)
+    _, grow, wk = _key_scales(kc, N, T, qf.dtype)
     g = dout / den[..., None]                                          # (N,T,hd)
     e = -(dout * out).sum(axis=-1) / den                               # (N,T)
     e = np.where(den > LINATT_DEN_MIN, e, 0).astype(qf.dtype)
@@ -403,20 +429,26 @@ def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den):
         S = np.zeros((N, m, hd), dtype=qf.dtype)
         z = np.zeros((N, m), dtype=qf.dtype)
         for t in range(T):
-            S += kf[:, t, :, None] * v[:, t, None, :]
-            z += kf[:, t]
+            S *= grow[:, t, None, None]
+            z *= grow[:, t, None]
+            k = kf[:, t] * wk[:, t, None]
+            S += k[:, :, None] * v[:, t, None, :]
+            z += k
             dqf[:, t] += np.einsum("nmh,nh->nm", S, g[:, t]) + e[:, t, None] * z
     if dkf is None and dv is None:
         return
     R = np.zeros((N, m, hd), dtype=qf.dtype)
     r = np.zeros((N, m), dtype=qf.dtype)
     for s in reversed(range(T)):
+        if s + 1 < T:
+            R *= grow[:, s + 1, None, None]
+            r *= grow[:, s + 1, None]
         R += qf[:, s, :, None] * g[:, s, None, :]
         r += e[:, s, None] * qf[:, s]
         if dkf is not None:
-            dkf[:, s] += np.einsum("nmh,nh->nm", R, v[:, s]) + r
+            dkf[:, s] += wk[:, s, None] * (np.einsum("nmh,nh->nm", R, v[:, s]) + r)
         if dv is not None:
-            dv[:, s] += np.einsum("nmh,nm->nh", R, kf[:, s])
+            dv[:, s] += np.einsum("nmh,nm->nh", R, kf[:, s] * wk[:, s, None])
 
 
 # ---- optimizer -------------------------------------------------------------------------------
