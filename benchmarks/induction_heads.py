@@ -49,7 +49,7 @@ from pyllm.plot import write_loss_curve  # noqa: E402
 RECIPE = dict(vocab=64, ctx=32, n_head=4, n_embd=64, batch=256, steps=2000, lr=3e-3,
               warmup=100, weight_decay=0.1, clip=1.0, pmin=3, pmax=16, eval_period=12,
               trigram_frac=0.5, trigram_p=0.9, trigram_map="permutation", trigram_chains=1,
-              short_frac=0.0, layout="twice", n_pairs=4, log_every=50,
+              short_frac=0.0, corrupt=0.0, layout="twice", n_pairs=4, log_every=50,
               eval_seqs=64)
 QUICK = dict(RECIPE, batch=16, steps=20, log_every=10, eval_seqs=8)
 
@@ -98,6 +98,11 @@ def make_batch(rng, r, perm, B):
             o = int(rng.integers(0, T + 2 - 2 * P))
             seq[b, o + P:o + 2 * P] = seq[b, o:o + P]
             mask[b, o + P:o + 2 * P - 1] = True   # inputs whose next token is predictable
+            if r["corrupt"]:
+                # copy tokens replaced at random: matching one token (induction) then succeeds
+                # more often than matching two (the prefix circuit through a 3-back head)
+                bad = np.flatnonzero(rng.random(P) < r["corrupt"]) + o + P
+                seq[b, bad] = rng.integers(0, V, size=len(bad))
     return seq[:, :-1], seq[:, 1:], mask
 
 

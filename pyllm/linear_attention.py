@@ -121,8 +121,9 @@ class KernelAttention:
     ``config.attention`` is ``"favor"`` or ``"linear"`` (the model owns one as ``model._kattn``).
 
     Per layer it maps the heads' q, k (B*NH, T, hd) to features qf, kf (B*NH, T, m) and runs
-    ``ops.linear_attention_forward``; what backward needs (qf, kf, the output and its
-    denominators) is kept per layer, q, k, v are cut from the layer's qkv again when needed.
+    ``ops.linear_attention_forward``; what backward needs (qf, kf, the keys' stabilisers kc, the
+    output and its denominators) is kept per layer, q, k, v are cut from the layer's qkv again
+    when needed.
     ``features[i]`` is layer i's FAVOR+ projection w (m, hd) (heads share it, as in the
     Performer's reference code); it is model state, saved with the weights, and not trained.
     """
@@ -150,7 +151,8 @@ class KernelAttention:
             w[...] = random_features(self.m, self.hd, rng, dtype=self.dtype)
 
     def buffers(self, B, T):
-        """Per-layer activations kept for backward, and the scratch the layers share."""
+        """One layer's activations kept for backward: the features, the keys' stabilisers (favor),
+        the output and its denominators."""
         N, m, hd, dt = B * self.NH, self.m, self.hd, self.dtype
         e = lambda *s: np.zeros(s, dtype=dt)  # noqa: E731
         return {"qf": e(N, T, m), "kf": e(N, T, m), "out": e(N, T, hd), "den": e(N, T),
@@ -165,13 +167,13 @@ class KernelAttention:
                 "dout": e(B, self.NH, T, hd),
                 "dqf": e(N, T, m), "dkf": e(N, T, m)}
 
-    def _qkv(self, sc, qkv, parts=(0, 1, 2)):
+    def _qkv(self, sc, qkv):
+        """q, k, v (B*NH, T, hd) cut from qkv (B,T,3C) into the scratch."""
         B, T = qkv.shape[:2]
         out = []
-        for j in parts:
-            dst = sc[("q", "k", "v")[j]]
-            _split_heads(dst, qkv, j, self.NH)
-            out.append(dst.reshape(B * self.NH, T, self.hd))
+        for j, name in enumerate(("q", "k", "v")):
+            _split_heads(sc[name], qkv, j, self.NH)
+            out.append(sc[name].reshape(B * self.NH, T, self.hd))
         return out
 
     def forward(self, i, atty, qkv, buf, sc):
