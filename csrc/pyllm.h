@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 6
+#define PYLLM_ABI_VERSION 7
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -125,6 +125,20 @@ int linear_attention_forward(float *out, float *den, const float *qf, const floa
 int linear_attention_backward(float *dqf, float *dkf, float *dv, const float *dout,
                               const float *qf, const float *kf, const float *v, const float *out,
                               const float *den, const float *kc, int N, int T, int m, int hd);
+
+/* quant.c: out (N,OC) = inp (N,C) @ W^T + bias (OC, or NULL) + residual (N,OC, or NULL) with W
+   (OC,C) in Q8_0: q (OC,C) int8 times one scale per block of 32 inputs, scales (OC, ceil(C/32)) */
+int q8_matmul_forward(float *out, const float *inp, const int8_t *q, const float *scales,
+                      const float *bias, const float *residual, int N, int C, int OC);
+/* w (OC,C) float32 = the Q8_0 matrix (q, scales) dequantized */
+int q8_dequantize(float *w, const int8_t *q, const float *scales, int OC, int C);
+/* gpt_decode_step for a Q8_0 model: weights holds 6 + 16 L pointers (pyllm/quant.py,
+   decoder_weights): wte.q, wte.scale, wpe.q, wpe.scale, per layer ln_1.w, ln_1.b, then q, scale,
+   bias of c_attn and attn.c_proj, ln_2.w, ln_2.b, q, scale, bias of c_fc and mlp.c_proj, then
+   ln_f.w, ln_f.b; scratch: 16 B C floats */
+int q8_decode_step(float *logits, float *cache, float *scratch, const int32_t *tok,
+                   const void *const *weights, int B, int pos, int maxT, int V, int C, int NH,
+                   int L);
 
 /* adamw.c: one AdamW step over n parameters (bias-corrected moments, decoupled weight decay) */
 int adamw_update(float *params, const float *grads, float *m, float *v, int64_t n, float lr,

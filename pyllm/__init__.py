@@ -11,6 +11,7 @@ Public names::
     CharTokenizer, BPETokenizer, load_tokenizer   tokenizers (pyllm.tokenizer)
     get_backend, set_backend, available_backends, backend_reason, BackendUnavailable,
     get_num_threads, set_num_threads     backend choice (pyllm.backend)
+    quantize, QuantizedGPT               int8 (Q8_0) inference models (pyllm.quant)
     explore                              attention maps, head scores, ablation, nearest tokens,
                                          the offline viewer (pyllm.explore)
 """
@@ -21,11 +22,12 @@ from .backend import (BackendUnavailable, available_backends, backend_reason, ge
 from .checkpoint import CheckpointError, load, load_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
+from .quant import QuantizedGPT, quantize
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from . import explore  # noqa: E402 (after the model it works on)
 
 __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_reason",
            "get_backend", "get_num_threads", "set_backend", "set_num_threads",
            "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
-           "CheckpointError", "load", "load_gpt2",
+           "CheckpointError", "load", "load_gpt2", "QuantizedGPT", "quantize",
            "BPETokenizer", "CharTokenizer", "load_tokenizer", "explore"]

@@ -23,7 +23,8 @@ import numpy as np
 
 from .model import GPT, MODEL_FORMAT, MODEL_FORMAT_VERSION, GPTConfig, model_metadata, \
     param_shapes
-from .tensorfile import TensorFileError, load_safetensors, save_safetensors
+from .tensorfile import TensorFileError, load_safetensors, read_safetensors_header, \
+    save_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 TOKENIZER_FILE = "tokenizer.txt"
@@ -33,13 +34,13 @@ class CheckpointError(ValueError):
     """A model or checkpoint file is missing, corrupt, or of the wrong kind."""
 
 
-def _config_from_metadata(meta, path):
-    if meta.get("format") != MODEL_FORMAT:
+def _config_from_metadata(meta, path, fmt=MODEL_FORMAT, version=MODEL_FORMAT_VERSION):
+    if meta.get("format") != fmt:
         raise CheckpointError("%s is not a pyllm model file (format %r)"
                               % (path, meta.get("format")))
-    if meta.get("format_version") != str(MODEL_FORMAT_VERSION):
-        raise CheckpointError("%s has model format version %r; this pyllm reads version %d"
-                              % (path, meta.get("format_version"), MODEL_FORMAT_VERSION))
+    if meta.get("format_version") != str(version):
+        raise CheckpointError("%s has %s format version %r; this pyllm reads version %d"
+                              % (path, fmt, meta.get("format_version"), version))
     try:
         return GPTConfig.from_dict(json.loads(meta["config"]))
     except RecursionError:
@@ -103,8 +104,28 @@ def _load_file(path):
 
 
 def load(path):
-    """Load a model saved with ``GPT.save`` or a training checkpoint directory."""
+    """Load a model saved with ``GPT.save`` or a training checkpoint directory (a
+    :class:`~pyllm.GPT`), or an int8 model saved with ``QuantizedGPT.save`` (a
+    :class:`~pyllm.quant.QuantizedGPT`)."""
     path = _resolve(path)
+    try:
+        meta = read_safetensors_header(path)[0].get("__metadata__") or {}
+    except TensorFileError as exc:
+        raise CheckpointError(str(exc)) from None
+    from .quant import Q8_FORMAT, Q8_FORMAT_VERSION, from_tensors
+    if isinstance(meta, dict) and meta.get("format") == Q8_FORMAT:
+        try:
+            tensors, meta = load_safetensors(path)
+        except TensorFileError as exc:
+            raise CheckpointError(str(exc)) from None
+        if meta.get("block") != "32":
+            raise CheckpointError("%s: Q8_0 block size %r; this pyllm reads 32"
+                                  % (path, meta.get("block")))
+        cfg = _config_from_metadata(meta, path, Q8_FORMAT, Q8_FORMAT_VERSION)
+        if cfg.attention != "softmax":
+            raise CheckpointError("%s: an int8 model with attention=%r (only softmax ones are "
+                                  "written)" % (path, cfg.attention))
+        return from_tensors(cfg, tensors, path)
     tensors, meta = _load_file(path)
     return _model_from_tensors(_config_from_metadata(meta, path), tensors, path)
 

@@ -553,3 +553,104 @@ def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc, dt):
             _ntd(name, a, dt, like=qf, shape=shape, out=True)
             no_alias(name, a, **ins)
     return size("N", N), size("T", T), size("m", m, 1), size("hd", hd, 1)
+
+
+# ---- Q8_0 weights ------------------------------------------------------------------------------
+
+Q8_BLOCK = 32
+
+
+def i8arr(name, a, shape=None):
+    """Check an int8 array argument (Q8_0 weights)."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.int8:
+        raise TypeError("%s must be an int8 numpy.ndarray, got %s"
+                        % (name, getattr(a, "dtype", type(a).__name__)))
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        raise ValueError("%s must be C-contiguous and aligned" % name)
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), a.shape))
+    return a
+
+
+def q8_dequantize(w, q, scales, dt):
+    """w (OC,C) float out from q (OC,C) int8 and scales (OC, ceil(C/32))."""
+    i8arr("q", q)
+    if q.ndim != 2 or q.size == 0:
+        raise ValueError("q must be a non-empty (OC, C) matrix, got shape %s" % (q.shape,))
+    OC, C = q.shape
+    farr("scales", scales, dt, shape=(OC, -(-C // Q8_BLOCK)))
+    farr("w", w, dt, shape=(OC, C), out=True, like=scales)
+    no_alias("w", w, q=q, scales=scales)
+    return size("OC", OC, 1), size("C", C, 1)
+
+
+# the 16 per-layer entries of a Q8_0 decoder's weights: name, kind ("f" float / "q" int8 / "s"
+# scales), and the shape in units of C (the scales' second axis: blocks of the input size)
+Q8_DECODER_LAYER = (("ln_1.weight", "f", (1,)), ("ln_1.bias", "f", (1,)),
+                    ("attn.c_attn.q8", "q", (3, 1)), ("attn.c_attn.scale", "s", (3, 1)),
+                    ("attn.c_attn.bias", "f", (3,)),
+                    ("attn.c_proj.q8", "q", (1, 1)), ("attn.c_proj.scale", "s", (1, 1)),
+                    ("attn.c_proj.bias", "f", (1,)),
+                    ("ln_2.weight", "f", (1,)), ("ln_2.bias", "f", (1,)),
+                    ("mlp.c_fc.q8", "q", (4, 1)), ("mlp.c_fc.scale", "s", (4, 1)),
+                    ("mlp.c_fc.bias", "f", (4,)),
+                    ("mlp.c_proj.q8", "q", (1, 4)), ("mlp.c_proj.scale", "s", (1, 4)),
+                    ("mlp.c_proj.bias", "f", (1,)))
+
+
+def q8_decoder(weights, cache, n_head, dt):
+    """A Q8_0 decoder's weights (6 + 16 L arrays, pyllm.quant.decoder_weights order) and its KV
+    cache (L,2,B,NH,maxT,hd). Returns B, maxT, V, C, NH, L."""
+    if not isinstance(weights, (list, tuple)) or len(weights) < 22 or (len(weights) - 6) % 16:
+        raise ValueError("weights must be a list of 6 + 16 * n_layer arrays, in "
+                         "pyllm.quant.decoder_weights order")
+    L = (len(weights) - 6) // 16
+    wte_q = i8arr("wte.q8", weights[0])
+    if wte_q.ndim != 2:
+        raise ValueError("wte.q8 must be (V, C), got %s" % (wte_q.shape,))
+    V, C = wte_q.shape
+    nb = lambda n: -(-n // Q8_BLOCK)  # noqa: E731
+    farr("wte.scale", weights[1], dt, shape=(V, nb(C)))
+    i8arr("wpe.q8", weights[2])
+    if weights[2].ndim != 2 or weights[2].shape[1] != C:
+        raise ValueError("wpe.q8 must be (block_size, %d), got %s" % (C, weights[2].shape))
+    maxT = weights[2].shape[0]
+    farr("wpe.scale", weights[3], dt, shape=(maxT, nb(C)))
+    NH = _heads(C, n_head)
+    for i in range(L):
+        for j, (name, kind, units) in enumerate(Q8_DECODER_LAYER):
+            w, label = weights[4 + 16 * i + j], "h.%d.%s" % (i, name)
+            if kind == "f":
+                farr(label, w, dt, shape=(units[0] * C,))
+            elif kind == "q":
+                i8arr(label, w, (units[0] * C, units[1] * C))
+            else:
+                farr(label, w, dt, shape=(units[0] * C, nb(units[1] * C)))
+    farr("ln_f.weight", weights[-2], dt, shape=(C,))
+    farr("ln_f.bias", weights[-1], dt, shape=(C,))
+    farr("cache", cache, dt, out=True)
+    if cache.ndim != 6 or cache.shape[:2] != (L, 2) or cache.shape[3:] != (NH, maxT, C // NH):
+        raise ValueError("cache must have shape (n_layer, 2, B, n_head, block_size, head size) = "
+                         "(%d, 2, B, %d, %d, %d), got %s" % (L, NH, maxT, C // NH, cache.shape))
+    for k, w in enumerate(weights):
+        no_alias("cache", cache, **{"weights[%d]" % k: w})
+    return size("B", cache.shape[2], 1), size("maxT", maxT, 1), size("V", V, 1), \
+        size("C", C, 1), NH, L
+
+
+def q8_matmul_forward(out, inp, q, scales, bias, residual, dt):
+    """out (N,OC) from inp (N,C), q (OC,C) int8, scales (OC, ceil(C/32)), bias (OC), residual."""
+    farr("inp", inp, dt)
+    N, C = rows("inp", inp)
+    i8arr("q", q)
+    if q.ndim != 2 or q.shape[1] != C:
+        raise ValueError("q must have shape (OC, %d), got %s" % (C, q.shape))
+    OC = size("OC", q.shape[0], 1)
+    nb = -(-C // Q8_BLOCK)
+    farr("scales", scales, dt, shape=(OC, nb), like=inp)
+    farr("bias", bias, dt, shape=(OC,), like=inp, optional=True)
+    farr("out", out, dt, shape=inp.shape[:-1] + (OC,), out=True, like=inp)
+    farr("residual", residual, dt, shape=out.shape, like=inp, optional=True)
+    no_alias("out", out, inp=inp, q=q, scales=scales, bias=bias)
+    return size("N", N), size("C", C, 1), OC
+

@@ -218,6 +218,42 @@ def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
         N, T, m, hd))
 
 
+# ---- Q8_0 weights -----------------------------------------------------------------------------
+
+def q8_matmul_forward(out, inp, q, scales, bias=None, residual=None):
+    N, C, OC = chk.q8_matmul_forward(out, inp, q, scales, bias, residual, DT)
+    _ok("q8_matmul_forward", lib.q8_matmul_forward(
+        _f(out), _f(inp), ffi.from_buffer("int8_t[]", q), _f(scales), _f(bias), _f(residual),
+        N, C, OC))
+
+
+def q8_dequantize(w, q, scales):
+    OC, C = chk.q8_dequantize(w, q, scales, DT)
+    _ok("q8_dequantize", lib.q8_dequantize(_f(w), ffi.from_buffer("int8_t[]", q), _f(scales),
+                                           OC, C))
+
+
+class Q8Decoder:
+    """The NumPy backend's Q8Decoder in one C call per step (``q8_decode_step`` in quant.c)."""
+
+    def __init__(self, weights, cache, n_head):
+        B, maxT, V, C, NH, L = chk.q8_decoder(weights, cache, n_head, DT)
+        self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
+        self.weights, self.cache = list(weights), cache
+        self.logits = np.zeros((B, V), dtype=np.float32)
+        self._scratch = np.zeros(16 * B * C, dtype=np.float32)
+        self._keep = [ffi.from_buffer("int8_t[]" if w.dtype == np.int8 else "float[]", w)
+                      for w in self.weights]                   # keeps the buffers alive
+        self._wptrs = ffi.new("void *[]", self._keep)
+        self._args = (_f(self.logits), _f(cache), _f(self._scratch))
+
+    def step(self, tok, pos):
+        tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
+        _ok("q8_decode_step", lib.q8_decode_step(*self._args, _i(tok), self._wptrs, self.B, pos,
+                                                 self.maxT, self.V, self.C, self.NH, self.L))
+        return self.logits
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -451,6 +451,79 @@ def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
             dv[:, s] += np.einsum("nmh,nm->nh", R, kf[:, s] * wk[:, s, None])
 
 
+# ---- Q8_0 weights -----------------------------------------------------------------------------
+# A weight matrix W (OC, C) -- out = inp @ W^T, so each output's C inputs are consecutive -- is
+# stored as int8 q (OC, C) and one float scale per block of 32 consecutive inputs, scales
+# (OC, ceil(C / 32)): W[o, i] = scales[o, i // 32] * q[o, i] (the last block may be shorter).
+
+Q8_BLOCK = chk.Q8_BLOCK
+
+
+def q8_matmul_forward(out, inp, q, scales, bias=None, residual=None):
+    """out (N,OC) = inp (N,C) @ W^T + bias + residual with W given in Q8_0 (q, scales).
+
+    Per output o: the sum over blocks k of scales[o, k] * (inp[block k] . q[o, block k]), the
+    block dot products in float32 (the weights widened exactly, never rounded again)."""
+    N, C, OC = chk.q8_matmul_forward(out, inp, q, scales, bias, residual, DT)
+    nb = scales.shape[1]
+    x = inp.reshape(N, C)
+    pad = nb * Q8_BLOCK - C
+    xq = np.pad(x, ((0, 0), (0, pad))).reshape(N, nb, Q8_BLOCK)
+    wq = np.pad(q, ((0, 0), (0, pad))).astype(x.dtype).reshape(OC, nb, Q8_BLOCK)
+    blocks = np.einsum("nki,oki->nok", xq, wq)                         # (N,OC,nb)
+    y = (blocks * scales[None]).sum(axis=-1, dtype=x.dtype)
+    if bias is not None:
+        y += bias
+    if residual is not None:
+        y += residual.reshape(N, OC)
+    out.reshape(N, OC)[...] = y
+
+
+def q8_dequantize(w, q, scales):
+    """w (OC,C) = q (OC,C) * scales (OC, ceil(C/32)) repeated over each block of 32 inputs."""
+    OC, C = chk.q8_dequantize(w, q, scales, DT)
+    w[...] = np.repeat(scales, Q8_BLOCK, axis=1)[:, :C] * q.astype(w.dtype)
+
+
+def _q8_rows(q, scales, rows):
+    """Rows of a Q8_0 matrix, dequantized: (..., C)."""
+    C = q.shape[1]
+    return q[rows].astype(scales.dtype) * np.repeat(scales[rows], Q8_BLOCK, axis=-1)[..., :C]
+
+
+class Q8Decoder:
+    """:class:`Decoder` for a Q8_0 model (``pyllm.quant``): the same step, every matrix product
+    through :func:`q8_matmul_forward` and the embeddings' rows dequantized. ``weights``: 6 + 16 L
+    arrays in ``pyllm.quant.decoder_weights`` order; ``cache`` (L,2,B,NH,block_size,hd)."""
+
+    def __init__(self, weights, cache, n_head):
+        B, maxT, V, C, NH, L = chk.q8_decoder(weights, cache, n_head, DT)
+        self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
+        self.weights, self.cache = list(weights), cache
+        e = lambda *s: np.zeros(s, dtype=cache.dtype)  # noqa: E731
+        self.x, self.x2, self.h, self.att = e(B, C), e(B, C), e(B, C), e(B, C)
+        self.qkv, self.fc, self.fcg, self.logits = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C), e(B, V)
+
+    def step(self, tok, pos):
+        tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
+        W, h, x, x2 = self.weights, self.h, self.x, self.x2
+        x[...] = _q8_rows(W[0], W[1], tok) + _q8_rows(W[2], W[3], pos)
+        for i in range(self.L):
+            w = W[4 + 16 * i:20 + 16 * i]
+            layernorm_forward(h, None, None, x, w[0], w[1])
+            q8_matmul_forward(self.qkv, h, w[2], w[3], w[4])                 # (B,3C)
+            attention_decode(self.att, self.cache[i, 0], self.cache[i, 1], self.qkv, pos,
+                             self.NH)
+            q8_matmul_forward(x2, self.att, w[5], w[6], w[7], residual=x)     # x2 = x + proj
+            layernorm_forward(h, None, None, x2, w[8], w[9])
+            q8_matmul_forward(self.fc, h, w[10], w[11], w[12])                # (B,4C)
+            gelu_forward(self.fcg, self.fc)
+            q8_matmul_forward(x, self.fcg, w[13], w[14], w[15], residual=x2)  # x = x2 + proj
+        layernorm_forward(h, None, None, x, W[-2], W[-1])
+        q8_matmul_forward(self.logits, h, W[0], W[1])                         # (B,V) tied head
+        return self.logits
+
+
 # ---- optimizer -------------------------------------------------------------------------------
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):
