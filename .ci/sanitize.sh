@@ -22,6 +22,7 @@
 #     OMP_NUM_THREADS=2 (a conftest.py in the temp dir verifies, inside pytest, that the sanitized
 #     module is the one imported and that ASan is loaded):
 #       tests/test_kernels.py + tests/test_boundary.py + tests/test_linear_attention.py
+#       + tests/test_quant.py
 #                                                           (AVX2 micro-kernels where the CPU has them)
 #       the C-vs-NumPy tests of tests/test_kernels.py again with the portable C kernels
 #       (pyllm_set_simd_level(0) turns off every AVX2 variant: GEMM, attention, element-wise)
@@ -181,7 +182,8 @@ run_tests() {  # label, then pytest arguments
     (cd "$T" && "${RUN[@]}" "$@") || die "$label: failed (an ASan/UBSan report above aborts the run)"
 }
 run_tests "kernel + boundary tests (best SIMD level)" \
-    "${PYTEST[@]}" tests/test_kernels.py tests/test_boundary.py tests/test_linear_attention.py
+    "${PYTEST[@]}" tests/test_kernels.py tests/test_boundary.py tests/test_linear_attention.py \
+    tests/test_quant.py
 run_tests "kernel tests, portable C kernels (no AVX2)" env SANITIZE_SIMD=0 \
     "${PYTEST[@]}" tests/test_kernels.py -k "c_matches_numpy or decode_matches"
 run_tests "model tests (C backend) + resume" \

@@ -4,7 +4,8 @@ crash or a hang fails the test instead of taking pytest down or stalling it).
     python tests/_fuzz_loaders.py KIND CASES SEED WORKDIR
 
 KIND is one of ``safetensors``, ``model``, ``favor-model`` (a model file with attention="favor",
-whose random features are tensors of their own), ``checkpoint``, ``char-tokenizer``,
+whose random features are tensors of their own), ``q8-model`` (an int8 model: int8 and scale
+tensors), ``checkpoint``, ``char-tokenizer``,
 ``bpe-tokenizer``. The driver writes a real file of that kind with pyllm itself, then CASES
 times: mutates its bytes (byte flips, truncations, insertions, deletions, duplicated spans, and
 digits changed or added, which reach the checks on sizes, shapes and ids), writes the result and
@@ -14,6 +15,7 @@ the loader's documented exception with a message naming the file:
     safetensors      read_safetensors_header, load_safetensors   TensorFileError
     model            pyllm.load (model file)                     CheckpointError
     favor-model      pyllm.load (model file)                     CheckpointError
+    q8-model         pyllm.load (int8 model file)                CheckpointError
     checkpoint       pyllm.checkpoint.load_checkpoint (dir)      CheckpointError
     char-tokenizer   load_tokenizer, CharTokenizer.load          ValueError
     bpe-tokenizer    load_tokenizer, BPETokenizer.load           ValueError
@@ -56,9 +58,13 @@ def make_source(kind, work):
             "e": np.zeros((0, 2), np.float16),
         }, {"k": "v"})
         return p, p
-    if kind in ("model", "favor-model", "checkpoint"):
+    if kind in ("model", "favor-model", "q8-model", "checkpoint"):
         extra = dict(attention="favor", n_features=4) if kind == "favor-model" else {}
         model = pyllm.GPT(pyllm.GPTConfig(**CFG, **extra), seed=0)
+        if kind == "q8-model":
+            p = os.path.join(work, "model-q8.safetensors")
+            pyllm.quantize(model).save(p)
+            return p, p
         if kind in ("model", "favor-model"):
             p = os.path.join(work, "model.safetensors")
             model.save(p)
@@ -85,7 +91,7 @@ def make_source(kind, work):
 
 def regions_of(kind, good):
     """(weight, lo, hi) byte ranges to mutate: safetensors files weigh the header most."""
-    if kind in ("safetensors", "model", "favor-model", "checkpoint"):
+    if kind in ("safetensors", "model", "favor-model", "q8-model", "checkpoint"):
         n = 8 + int.from_bytes(good[:8], "little")
         return [(0.1, 0, 8), (0.7, 8, n), (0.2, n, len(good))]
     return [(1.0, 0, len(good))]
@@ -136,6 +142,13 @@ def load_case(kind, path, case):
         for name, arr in tensors.items():
             assert isinstance(arr, np.ndarray) and arr.shape == tuple(header[name]["shape"])
         return "ok"
+    if kind == "q8-model":
+        qm = load(path)
+        assert isinstance(qm, pyllm.QuantizedGPT)
+        for name, m in qm.m.items():
+            assert np.all(np.isfinite(m.scales)) and np.all(m.scales >= 0), name
+        assert np.all(np.isfinite(qm.forward(np.arange(4) % qm.config.vocab_size)))
+        return "ok"
     if kind in ("model", "favor-model"):
         model = load(path)
         assert isinstance(model, pyllm.GPT) and np.all(np.isfinite(model.params))
@@ -165,7 +178,7 @@ def load_case(kind, path, case):
 
 
 ALLOWED = {"safetensors": TensorFileError, "model": CheckpointError,
-           "favor-model": CheckpointError,
+           "favor-model": CheckpointError, "q8-model": CheckpointError,
            "checkpoint": CheckpointError, "char-tokenizer": ValueError,
            "bpe-tokenizer": ValueError}
 

@@ -1,6 +1,6 @@
 """Saves are atomic: a process killed with SIGKILL at a random moment of a save -- a tensor file
-(``save_safetensors``), a whole training checkpoint (``save_checkpoint``) or an attention viewer
-page (``explore.write_html``) -- leaves at the path
+(``save_safetensors``), a whole training checkpoint (``save_checkpoint``), an int8 model
+(``QuantizedGPT.save``) or an attention viewer page (``explore.write_html``) -- leaves at the path
 either the complete previous file or the complete new one, never a mix or a torn file; and the
 temporary files that such kills leave do not pile up (the next successful save removes those of
 dead writers).
@@ -64,6 +64,14 @@ HELPER = textwrap.dedent("""
                 pages.append(f.read())
         def save(g, path):  # then written as write_html writes it (the maps are not recomputed
             atomic_write_text(path, pages[g])  # every time, so that kills land mid-write)
+    elif kind == "q8":
+        model = pyllm.GPT(pyllm.GPTConfig(**dict(CFG, vocab_size=4096)), seed=0)
+        qms = []
+        for g in (0, 1):  # version g: every weight g + 1 (q = 127, scale (g + 1) / 127),
+            model.params[...] = g + 1.0  # quantized once here so that kills land in writes
+            qms.append(pyllm.quantize(model))
+        def save(g, path):
+            qms[g].save(path)
     else:
         model = pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0)
         opt = pyllm.AdamW(model)
@@ -142,6 +150,18 @@ def _check_viewer(path):
     return {"a" * VIEW_T: 0, "b" * VIEW_T: 1, "ab" * (VIEW_T // 2): "old"}[text]
 
 
+def _check_q8(path):
+    """The version of the int8 model at ``path`` (0, 1 or 'old': every weight -1)."""
+    qm = pyllm.load(path)
+    vals = {float(x) for v in qm.v.values() for x in np.unique(v)}
+    assert len(vals) == 1, "torn file: vectors of two versions %s" % vals
+    w = vals.pop()
+    for m in qm.m.values():
+        assert np.all(m.q == (127 if w > 0 else -127)), "torn file: int8 values differ"
+        assert np.all(m.scales == np.float32(abs(w)) / np.float32(127)), "torn: scales differ"
+    return "old" if w == -1.0 else int(w) - 1
+
+
 def _check_checkpoint(directory):
     model, optim, state = load_checkpoint(directory)
     g = state["step"] - 10
@@ -157,7 +177,7 @@ def _check_checkpoint(directory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint", "viewer"])
+@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint", "viewer", "q8"])
 def test_save_is_atomic_under_sigkill(kind, tmp_path):
     if kind == "tensorfile":
         target = tmp_path / "model.safetensors"
@@ -170,6 +190,12 @@ def test_save_is_atomic_under_sigkill(kind, tmp_path):
         explore.write_html(target, pyllm.GPT(cfg, seed=0), pyllm.CharTokenizer("ab"),
                            "ab" * (VIEW_T // 2), scores=False)
         directory, name, check = tmp_path, target.name, _check_viewer
+    elif kind == "q8":
+        target = tmp_path / "model-q8.safetensors"
+        model = pyllm.GPT(pyllm.GPTConfig(**dict(CKPT_CFG, vocab_size=4096)), seed=0)
+        model.params[...] = -1.0
+        pyllm.quantize(model).save(target)
+        directory, name, check = tmp_path, target.name, _check_q8
     else:
         target = tmp_path / "run"
         model = pyllm.GPT(pyllm.GPTConfig(**CKPT_CFG), seed=0)

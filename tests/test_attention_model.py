@@ -14,7 +14,7 @@ from pyllm.model import GPT, GPTConfig
 from pyllm.tensorfile import load_safetensors, save_safetensors
 
 from _reference import kernel_weights, ref_forward
-from test_model import assert_fd_gradient, batch, randomize
+from test_model import assert_edited_file_refused, assert_fd_gradient, batch, randomize
 from test_train import losses, run
 
 SHAPE = dict(vocab_size=13, block_size=12, n_layer=2, n_head=2, n_embd=8)
@@ -78,14 +78,8 @@ def test_favor_file_without_or_with_bad_features_is_refused(tmp_path):
                               ("h.0.attn.features", np.zeros((5, 4), np.float32), "has shape"),
                               ("h.0.attn.features", np.full((6, 4), np.nan, np.float32),
                                "not finite")):
-        t = dict(tensors)
-        if change is None:
-            del t[name]
-        else:
-            t[name] = change
-        save_safetensors(tmp_path / "bad.safetensors", t, meta)
-        with pytest.raises(CheckpointError, match=msg):
-            pyllm.load(tmp_path / "bad.safetensors")
+        assert_edited_file_refused(tmp_path / "bad.safetensors", tensors, meta, name, change,
+                                   msg)
 
 
 # ---- forward and backward ---------------------------------------------------------------------

@@ -667,6 +667,26 @@ def linear_attention_with_nan(be):
           [0, 1])
 
 
+@child_case(A)
+def q8_matmul_with_nan(be):
+    from pyllm.quant import quantize_q8_0
+    q, sc = quantize_q8_0(f32(8, 40, seed=4))
+    agree("q8_matmul_forward", [z32(6, 8), hostile(6, 40), q, sc], [0])
+    agree("q8_matmul_forward", [z32(6, 8), f32(6, 40), q, sc, f32(8), hostile(6, 8)], [0])
+
+
+@child_case(K, ValueError, "scales must have shape (8, 2)")
+def q8_matmul_scales_of_the_wrong_shape(be):
+    from pyllm.quant import quantize_q8_0
+    q, sc = quantize_q8_0(f32(8, 40, seed=4))
+    _k(be).q8_matmul_forward(z32(6, 8), f32(6, 40), q, np.ones((8, 1), np.float32))
+
+
+@child_case(K, ValueError, "weights must be a list of 6 + 16 * n_layer arrays")
+def q8_decoder_with_a_short_weight_list(be):
+    _k(be).Q8Decoder([f32(4, 4)] * 10, z32(1, 2, 1, 1, 4, 4), 1)
+
+
 # ==== the model, the optimiser, backend settings =================================================
 
 M = "model"

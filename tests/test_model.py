@@ -449,6 +449,19 @@ def test_sample_token_rules():
 
 # ---- files --------------------------------------------------------------------------------------
 
+def assert_edited_file_refused(path, tensors, meta, name, value, match):
+    """Write ``tensors`` with tensor ``name`` replaced by ``value`` (None: removed) to ``path``;
+    pyllm.load must refuse it with a CheckpointError matching ``match``."""
+    t = dict(tensors)
+    if value is None:
+        del t[name]
+    else:
+        t[name] = value
+    save_safetensors(path, t, meta)
+    with pytest.raises(pyllm.CheckpointError, match=match):
+        pyllm.load(path)
+
+
 def test_save_and_load_round_trip(tmp_path, backend):
     m = tiny(seed=9)
     path = tmp_path / "m.safetensors"
