@@ -1,7 +1,13 @@
-"""Sampling speed with the KV cache: pyllm C vs pyllm NumPy vs PyTorch (if present).
+"""Sampling speed with the KV cache: pyllm C (float32 and int8) vs pyllm NumPy vs PyTorch.
 
     python benchmarks/bench_sample.py             # config (b): V256 L6 H6 C384 block 256, batch 1
+    python benchmarks/bench_sample.py --config gpt2 --ttft 512   # GPT-2 124M's shape
     python benchmarks/bench_sample.py --quick     # CI: a small model, few tokens
+
+``pyllm-c-int8`` is the same model through ``pyllm.quantize`` (Q8_0 weights, docs/QUANT.md).
+``--ttft N`` also times the first token after an N-token prompt (prefill + one step), float32
+and int8. The NumPy backend is left out for the GPT-2 shape (minutes per run); ``--no-numpy``
+leaves it out anywhere.
 
 Each implementation generates --tokens new tokens after a one-token prompt, with a KV cache,
 --repeat times; tokens/s is the median (min-max). PyTorch runs the same GPT-2 model in eager mode
@@ -21,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import pyllm  # noqa: E402
 
-CONFIGS = {"b": (256, 6, 6, 384, 256), "a": (256, 4, 4, 128, 128), "quick": (256, 2, 2, 64, 64)}
+CONFIGS = {"b": (256, 6, 6, 384, 256), "a": (256, 4, 4, 128, 128), "quick": (256, 2, 2, 64, 64),
+           "gpt2": (50257, 12, 12, 768, 1024)}
 
 
 def torch_sampler(model, threads):
@@ -81,6 +88,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy backend")
+    ap.add_argument("--ttft", type=int, default=0, metavar="N",
+                    help="also time the first token after an N-token prompt")
     args = ap.parse_args(argv)
     if args.quick:
         args.config, args.tokens, args.repeat = "quick", 30, 2
@@ -88,16 +98,21 @@ def main(argv=None):
     n = min(args.tokens, T - 1)
     pyllm.set_num_threads(args.threads)
     model = pyllm.GPT(pyllm.GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C))
+    qmodel = pyllm.quantize(model)
     print("pyllm %s sampling benchmark: config %s (V%d L%d H%d C%d), batch 1, %d new tokens, "
           "%d threads; tokens/s median (min-max) of %d runs"
           % (pyllm.__version__, args.config, V, L, H, C, n, args.threads, args.repeat))
-    def pyllm_run(be):
+    def pyllm_run(be, m=model):
         pyllm.set_backend(be)
-        model.generate([[0]], n, temperature=1.0, seed=0)
+        m.generate([[0]], n, temperature=1.0, seed=0)
 
     runs = {}  # name -> () -> None, each one generation of n tokens
     for be in pyllm.available_backends():
+        if be == "numpy" and (args.no_numpy or args.config == "gpt2"):
+            continue
         runs["pyllm-" + be] = lambda be=be: pyllm_run(be)
+    if "pyllm-c" in runs:
+        runs["pyllm-c-int8"] = lambda: pyllm_run("c", qmodel)
     try:
         gen = torch_sampler(model, args.threads)
         runs["torch"] = lambda: gen(0, n)
@@ -114,14 +129,24 @@ def main(argv=None):
     pyllm.set_backend("auto")
     for k, v in res.items():
         print("%-14s %8.1f (%6.1f-%6.1f) tokens/s" % (k, np.median(v), min(v), max(v)))
-    if "pyllm-c" in res:
+    for base in ("pyllm-c", "pyllm-c-int8"):
+        if base not in res:
+            continue
         parts = []
         for k, v in res.items():
-            if k != "pyllm-c":
-                ratios = [c / o for c, o in zip(res["pyllm-c"], v)]
-                parts.append("pyllm-c is %.2fx %s (rounds %.2f-%.2f)"
-                             % (np.median(ratios), k, min(ratios), max(ratios)))
+            if k != base and not (base == "pyllm-c" and k == "pyllm-c-int8"):
+                ratios = [c / o for c, o in zip(res[base], v)]
+                parts.append("%s is %.2fx %s (rounds %.2f-%.2f)"
+                             % (base, np.median(ratios), k, min(ratios), max(ratios)))
         print("; ".join(parts))
+    if args.ttft and "pyllm-c" in res:
+        pyllm.set_backend("c")
+        prompt = np.random.default_rng(0).integers(0, V, (1, min(args.ttft, T - 1)))
+        for name, m in (("float32", model), ("int8", qmodel)):
+            times = timed(lambda: m.generate(prompt, 1, temperature=0), max(2, args.repeat // 2))
+            print("time to first token after %d prompt tokens, %-7s %7.3f s (median of %d)"
+                  % (prompt.shape[1], name, float(np.median(times)), len(times)))
+        pyllm.set_backend("auto")
 
 
 if __name__ == "__main__":

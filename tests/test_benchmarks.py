@@ -51,6 +51,8 @@ def test_bench_sample_quick_reports_both_backends():
     out = run_bench("bench_sample.py")
     assert re.search(r"pyllm-c\s+[\d.]+ \(", out) and re.search(r"pyllm-numpy\s+[\d.]+ \(", out)
     assert re.search(r"pyllm-c is [\d.]+x pyllm-numpy", out)
+    assert re.search(r"pyllm-c-int8\s+[\d.]+ \(", out)
+    assert re.search(r"pyllm-c-int8 is [\d.]+x pyllm-c ", out)
 
 
 def _induction_module():
