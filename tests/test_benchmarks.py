@@ -130,3 +130,16 @@ def test_attention_training_quick_reports_three_kernels(tmp_path):
     # a few steps from the same initial weights and batches: all near ln(vocabulary)
     assert all(2.0 < float(v) < 6.0 for v in vals.values())
     assert svg.read_text().count("<polyline") == 3
+
+
+def test_int8_quality_quick_reports_its_measures():
+    data = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt")
+    if not os.path.exists(data):
+        pytest.skip("no ../shared/data/tinyshakespeare.txt beside the repository")
+    out = run_bench("int8_quality.py")
+    kl = float(re.search(r"mean KL\(float32 \|\| int8\) = ([\d.e+-]+)", out).group(1))
+    ratio = float(re.search(r"perplexity float32 [\d.]+, int8 [\d.]+: ratio ([\d.]+)", out).group(1))
+    assert 0 <= kl < 0.05 and abs(ratio - 1) < 0.05, out
+    assert re.search(r"greedy agreement over 5 prompts x 20 tokens: \d+/100", out), out
+    size = float(re.search(r"files \d+ -> \d+ bytes: ([\d.]+)x", out).group(1))
+    assert 0.2 < size <= 0.3, out
