@@ -140,6 +140,8 @@ def test_int8_quality_quick_reports_its_measures():
     kl = float(re.search(r"mean KL\(float32 \|\| int8\) = ([\d.e+-]+)", out).group(1))
     ratio = float(re.search(r"perplexity float32 [\d.]+, int8 [\d.]+: ratio ([\d.]+)", out).group(1))
     assert 0 <= kl < 0.05 and abs(ratio - 1) < 0.05, out
-    assert re.search(r"greedy agreement over 5 prompts x 20 tokens: \d+/100", out), out
+    assert re.search(r"greedy agreement over 5 prompts x 20 tokens, each step on the float32 "
+                     r"model's text: \d+/100", out), out
+    assert re.search(r"free-running greedy texts: \d+/100 tokens equal", out), out
     size = float(re.search(r"files \d+ -> \d+ bytes: ([\d.]+)x", out).group(1))
     assert 0.2 < size <= 0.3, out
