@@ -553,11 +553,18 @@ class GPT:
 
     # ---- files --------------------------------------------------------------------------------
 
-    def save(self, path):
+    def save(self, path, dtype="float32"):
         """Write the weights, any random features (:meth:`buffers`) and the config to one
-        safetensors file (atomically)."""
-        from .tensorfile import save_safetensors
-        save_safetensors(path, self.file_tensors(), model_metadata(self.config))
+        safetensors file (atomically). ``dtype="bfloat16"`` halves the file: every value rounded
+        to the nearest bfloat16 (ties to even; NaN stays NaN), widened back to float32 exactly
+        when loaded -- so the loaded model is the rounded one."""
+        from .tensorfile import BF16Array, save_safetensors
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError("dtype must be 'float32' or 'bfloat16', got %r" % (dtype,))
+        tensors = self.file_tensors()
+        if dtype == "bfloat16":
+            tensors = {k: BF16Array.from_float(v) for k, v in tensors.items()}
+        save_safetensors(path, tensors, model_metadata(self.config))
 
     def file_tensors(self):
         """Everything a model file holds, as F32 arrays: the weights (:meth:`state_dict`), then

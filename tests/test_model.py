@@ -488,6 +488,26 @@ def test_save_and_load_round_trip(tmp_path, backend):
     assert m2.config == m.config and np.array_equal(m2.params, m.params)
 
 
+def test_bfloat16_model_file_is_half_and_loads_as_the_rounded_model(tmp_path):
+    from pyllm.tensorfile import bf16_bits_to_float32, float32_to_bf16_bits
+    m = tiny(seed=1, attention="favor", n_features=4)
+    randomize(m, seed=2)
+    m.save(tmp_path / "f.safetensors")
+    m.save(tmp_path / "b.safetensors", dtype="bfloat16")
+    sizes = [os.path.getsize(tmp_path / n) for n in ("f.safetensors", "b.safetensors")]
+    ft = m.file_tensors()
+    data = sum(v.size for v in ft.values())
+    # two bytes fewer per value; the header names "BF16" instead of "F32" (and pads to 8)
+    assert abs(sizes[0] - sizes[1] - 2 * data) <= len(ft) + 8
+    b = pyllm.load(tmp_path / "b.safetensors")
+    for name, v in list(m.state_dict().items()) + list(m.buffers().items()):
+        want = bf16_bits_to_float32(float32_to_bf16_bits(v))
+        got = b.state_dict().get(name, b.buffers().get(name))
+        assert np.array_equal(got, want), name
+    with pytest.raises(ValueError, match="dtype must be"):
+        m.save(tmp_path / "x.safetensors", dtype="float16")
+
+
 def test_corrupt_model_files_raise(tmp_path):
     m = tiny()
     path = tmp_path / "m.safetensors"

@@ -233,6 +233,36 @@ def test_writer_bytes_match_spec(tmp_path):
     assert raw[8 + n:] == struct.pack("<f", 0.5) + struct.pack("<2h", 7, -8)
 
 
+def test_every_bf16_bit_pattern_widens_exactly_and_rounds_back():
+    """All 65,536 bfloat16 patterns: widened to float32, each equals the value decoded from its
+    sign, exponent and mantissa fields in float64; rounding that float32 gives the same pattern
+    back (a NaN gives a NaN of the same sign). ml_dtypes, where importable, agrees both ways,
+    also on random float32 values (round to nearest, ties to even)."""
+    p = np.arange(65536, dtype=np.uint32)
+    sign = np.where(p >> 15, -1.0, 1.0)
+    e, mant = (p >> 7) & 0xFF, (p & 0x7F).astype(np.float64)
+    with np.errstate(over="ignore"):
+        val = np.where(e == 0, mant * 2.0 ** -133, (1 + mant / 128) * 2.0 ** (e.astype(np.float64) - 127))
+    val = np.where(e == 255, np.where(mant == 0, np.inf, np.nan), val) * sign
+    got = bf16_bits_to_float32(p.astype(np.uint16))
+    nan = np.isnan(val)
+    assert np.array_equal(np.isnan(got), nan) and np.array_equal(got[~nan], val[~nan])
+    back = float32_to_bf16_bits(got)
+    assert np.array_equal(back[~nan], p[~nan].astype(np.uint16))
+    assert np.all((back[nan] & 0x7FC0) == 0x7FC0) and np.array_equal(back[nan] >> 15, p[nan] >> 15)
+    try:
+        import ml_dtypes
+    except ImportError:
+        return
+    ref = p.astype(np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(np.isnan(ref), nan) and np.array_equal(ref[~nan], got[~nan])
+    x = np.random.default_rng(0).standard_normal(200_000).astype(np.float32)
+    with np.errstate(over="ignore"):                  # some overflow to +-inf: kept as cases
+        x *= np.float32(2.0) ** np.random.default_rng(1).integers(-130, 128, x.size).astype(
+            np.float32)
+    assert np.array_equal(float32_to_bf16_bits(x), x.astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
 def test_bf16_and_f16_conversion_hand_computed():
     bits = np.array([0x3F80, 0x4049, 0xC2F7, 0x7F80, 0xFF80, 0x0001, 0x8000, 0x0080], np.uint16)
     want = [1.0, 3.140625, -123.5, math.inf, -math.inf, 2.0**-133, -0.0, 2.0**-126]
