@@ -50,7 +50,7 @@ def _config_from_metadata(meta, path, fmt=MODEL_FORMAT, version=MODEL_FORMAT_VER
         raise CheckpointError("%s has an invalid model config: %s" % (path, exc)) from None
 
 
-def _model_from_tensors(cfg, tensors, path, prefix=""):
+def _model_from_tensors(cfg, tensors, path, prefix="", mmap=False):
     # a config may claim any number of layers: check it against the file before listing them
     needed = 4 + 12 * cfg.n_layer
     if needed > len(tensors):
@@ -67,9 +67,12 @@ def _model_from_tensors(cfg, tensors, path, prefix=""):
                                   % (path, name, tuple(arr.shape), shape))
         sd[name] = arr
     model = GPT(cfg, seed=None)  # the weights come from the file: no random init
-    model.load_state_dict(sd)
-    if not np.all(np.isfinite(model.params)):
-        raise CheckpointError("%s holds non-finite weights (NaN or Inf)" % path)
+    if mmap:
+        model._map(sd)           # views of the file's pages: not read (nor checked) until used
+    else:
+        model.load_state_dict(sd)
+        if not np.all(np.isfinite(model.params)):
+            raise CheckpointError("%s holds non-finite weights (NaN or Inf)" % path)
     for name, buf in model.buffers().items():     # a favor model's random features
         arr = tensors.get(prefix + name)
         if arr is None:
@@ -96,17 +99,24 @@ def _resolve(path):
     return path
 
 
-def _load_file(path):
+def _load_file(path, mmap=False):
     try:
-        return load_safetensors(path, dtype=np.float32)
+        return load_safetensors(path, dtype=np.float32, mmap=mmap)
     except TensorFileError as exc:
         raise CheckpointError(str(exc)) from None
 
 
-def load(path):
+def load(path, mmap=False):
     """Load a model saved with ``GPT.save`` or a training checkpoint directory (a
     :class:`~pyllm.GPT`), or an int8 model saved with ``QuantizedGPT.save`` (a
-    :class:`~pyllm.quant.QuantizedGPT`)."""
+    :class:`~pyllm.quant.QuantizedGPT`).
+
+    ``mmap=True`` maps the file instead of reading it: the weights are read-only views of its
+    pages, read from disk as they are first used, so opening is fast and takes little memory.
+    Such weights are not checked for NaN or Inf at load (that would read them all); sampling
+    stops with ``FloatingPointError`` if logits come out non-finite. Training a mapped model
+    (``loss_and_grads``, ``AdamW``) first copies its weights into memory. The file must not be
+    truncated or rewritten while mapped (see ``load_safetensors``)."""
     path = _resolve(path)
     try:
         meta = read_safetensors_header(path)[0].get("__metadata__") or {}
@@ -115,7 +125,7 @@ def load(path):
     from .quant import Q8_FORMAT, Q8_FORMAT_VERSION, from_tensors
     if isinstance(meta, dict) and meta.get("format") == Q8_FORMAT:
         try:
-            tensors, meta = load_safetensors(path)
+            tensors, meta = load_safetensors(path, mmap=mmap)
         except TensorFileError as exc:
             raise CheckpointError(str(exc)) from None
         if meta.get("block") != "32":
@@ -125,9 +135,9 @@ def load(path):
         if cfg.attention != "softmax":
             raise CheckpointError("%s: an int8 model with attention=%r (only softmax ones are "
                                   "written)" % (path, cfg.attention))
-        return from_tensors(cfg, tensors, path)
-    tensors, meta = _load_file(path)
-    return _model_from_tensors(_config_from_metadata(meta, path), tensors, path)
+        return from_tensors(cfg, tensors, path, check_values=not mmap)
+    tensors, meta = _load_file(path, mmap)
+    return _model_from_tensors(_config_from_metadata(meta, path), tensors, path, mmap=mmap)
 
 
 # ---- Hugging Face GPT-2 ------------------------------------------------------------------------
@@ -135,13 +145,15 @@ def load(path):
 _GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 
 
-def load_gpt2(path, n_head=None):
+def load_gpt2(path, n_head=None, mmap=False):
     """Load a Hugging Face GPT-2 checkpoint (``gpt2`` ... ``gpt2-xl``) with numpy alone.
 
     ``path`` is a directory with ``config.json`` and ``model.safetensors``, or the ``.safetensors``
     file alone (then the shape comes from the tensors and ``n_head`` from GPT-2's published sizes
     or the argument). The ``transformer.`` prefix is accepted, the ``attn.bias`` /
     ``attn.masked_bias`` mask buffers are ignored, and the LM head is taken as tied to ``wte``.
+    ``mmap=True`` maps the file as :func:`load` does (float32 files; BF16 or F16 ones are read
+    and widened).
     """
     path = os.fspath(path)
     if n_head is not None:
@@ -167,7 +179,7 @@ def load_gpt2(path, n_head=None):
         path = st
     elif not os.path.exists(path):
         raise FileNotFoundError("no such file or directory: %s" % path)
-    tensors, _ = _load_file(path)
+    tensors, _ = _load_file(path, mmap)
     prefix = "transformer." if "transformer.wte.weight" in tensors else ""
     if prefix + "wte.weight" not in tensors or prefix + "wpe.weight" not in tensors:
         raise CheckpointError("%s does not look like a GPT-2 checkpoint (no wte/wpe)" % path)
@@ -199,7 +211,7 @@ def load_gpt2(path, n_head=None):
                         n_embd=C)
     except (TypeError, ValueError) as exc:
         raise CheckpointError("%s: %s" % (path, exc)) from None
-    return _model_from_tensors(cfg, tensors, path, prefix)
+    return _model_from_tensors(cfg, tensors, path, prefix, mmap=mmap)
 
 
 # ---- training checkpoints ----------------------------------------------------------------------

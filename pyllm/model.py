@@ -128,6 +128,7 @@ class _Slab:
             self.views[name] = self.flat[off:off + n].reshape(shape)
             off += n
         self.views = {name: self.views[name] for name, _ in shapes}  # GPT-2 order for users
+        self.flat_views = dict(self.views)                # the slab's own, when views are mapped
 
 
 class GradDict(dict):
@@ -163,6 +164,7 @@ class GPT:
         self.grads.flat, self.grads.n_decay = self._g.flat, self._g.n_decay
         self.n_decay = self._p.n_decay
         self._acts = None
+        self._mapped = False
         # the attention of favor and linear models (feature maps and prefix sums); None: softmax
         self._kattn = None
         if config.attention != "softmax":
@@ -209,6 +211,31 @@ class GPT:
         if self._kattn is not None:
             self._kattn.draw(seed, index)
 
+    @property
+    def mapped(self):
+        """True while the weights are read-only views of a memory-mapped file
+        (``pyllm.load(path, mmap=True)``); training copies them into the model first."""
+        return self._mapped
+
+    def _map(self, sd):
+        """Use the arrays of ``sd`` (same names and shapes, float32, read-only views of a
+        mapped file) as the weights, without copying; the slab stays untouched (its zero pages
+        cost no memory) until :meth:`_unmap`."""
+        for name, arr in sd.items():
+            self._p.views[name] = arr
+        self._mapped = True
+
+    def _unmap(self):
+        """Copy mapped weights into the parameter slab and use it again (before any write)."""
+        if not self._mapped:
+            return
+        views = self._p.views
+        for name, arr in list(views.items()):
+            slab = self._p.flat_views[name]
+            slab[...] = arr
+            views[name] = slab
+        self._mapped = False
+
     def state_dict(self):
         """``{name: array}`` in GPT-2 checkpoint names. The arrays are views of the live weights."""
         return dict(self._p.views)
@@ -217,6 +244,7 @@ class GPT:
         """Copy weights in from ``sd`` (same names and shapes as :meth:`state_dict`)."""
         if not isinstance(sd, dict):
             raise TypeError("state dict must be a dict, got %s" % type(sd).__name__)
+        self._unmap()
         mine = self._p.views
         if strict:
             missing, extra = set(mine) - set(sd), set(sd) - set(mine)
@@ -399,6 +427,7 @@ class GPT:
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
         mask = self._check_mask(mask, idx.shape)
+        self._unmap()                      # training writes the weights: copy a mapped file in
         a = self._forward(idx)
         B, T = idx.shape
         C, V, NH = self.config.n_embd, self.config.vocab_size, self.config.n_head

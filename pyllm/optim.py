@@ -24,6 +24,8 @@ class AdamW:
         self.model = model
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self._validate()
+        if getattr(model, "mapped", False):
+            model._unmap()             # a memory-mapped model's weights are copied in to train
         self.m = np.zeros_like(model.params)
         self.v = np.zeros_like(model.params)
         self.t = 0

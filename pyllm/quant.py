@@ -216,7 +216,7 @@ def quantize(model, kind="q8_0"):
     if model.config.attention != "softmax":
         raise ValueError("q8_0 quantization supports softmax attention; this model has "
                          "attention=%r" % model.config.attention)
-    if not np.all(np.isfinite(model.params)):
+    if not all(np.all(np.isfinite(w)) for w in model.state_dict().values()):
         raise ValueError("the model has NaN or Inf weights; they cannot be quantized")
     sd = model.state_dict()
     matrices = {"wte": Q8Matrix.from_float(sd["wte.weight"]),
@@ -243,9 +243,10 @@ def matrix_shapes(cfg):
     return shapes
 
 
-def from_tensors(cfg, tensors, path):
-    """A QuantizedGPT from a Q8_0 file's tensors, every shape and value checked first
-    (``CheckpointError`` naming the file and the tensor)."""
+def from_tensors(cfg, tensors, path, check_values=True):
+    """A QuantizedGPT from a Q8_0 file's tensors, every shape and dtype checked first, and
+    every value unless ``check_values`` is False (a memory-mapped file, whose pages would all
+    be read) (``CheckpointError`` naming the file and the tensor)."""
     from .checkpoint import CheckpointError
     from .model import param_shapes
     need = 2 * len(matrix_shapes(cfg))
@@ -263,7 +264,7 @@ def from_tensors(cfg, tensors, path):
         if arr.dtype != dtype:
             raise CheckpointError("%s: tensor %r has dtype %s, expected %s"
                                   % (path, name, arr.dtype, np.dtype(dtype)))
-        if dtype == np.float32 and not np.all(np.isfinite(arr)):
+        if check_values and dtype == np.float32 and not np.all(np.isfinite(arr)):
             raise CheckpointError("%s: tensor %r is not finite (NaN or Inf)" % (path, name))
         return np.ascontiguousarray(arr)
 
@@ -271,7 +272,7 @@ def from_tensors(cfg, tensors, path):
     for name, (OC, C) in matrix_shapes(cfg):
         q = get(name + ".q8", (OC, C), np.int8)
         s = get(name + ".scale", (OC, -(-C // Q8_BLOCK)), np.float32)
-        if np.any(s < 0) or np.any(q == -128):
+        if check_values and (np.any(s < 0) or np.any(q == -128)):
             raise CheckpointError("%s: %r is not Q8_0 (a negative scale or a -128)"
                                   % (path, name))
         matrices[name] = Q8Matrix(q, s)

@@ -662,7 +662,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], in
 
 
 def load_safetensors(
-    path: str | os.PathLike, dtype: Any = None
+    path: str | os.PathLike, dtype: Any = None, mmap: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load every tensor of a safetensors file; return ``(tensors, metadata)``.
 
@@ -674,6 +674,14 @@ def load_safetensors(
     F16 convert exactly to float32).  ``metadata`` is the ``__metadata__``
     dict (empty if absent).
 
+    ``mmap=True`` maps the file instead of reading it: a tensor whose stored type is already
+    the one asked for (native byte order, offset aligned for its type) is a read-only view of
+    the file's pages, read from disk only when touched; any other tensor (BF16, a conversion,
+    a misaligned offset) is copied as without mmap. The header is checked against the file's
+    size before anything is mapped, so a truncated file raises here; a file truncated or
+    rewritten *while* mapped is the caller's risk (reading a page past its new end raises
+    SIGBUS on POSIX, as for any mapped file).
+
     The whole header is validated before any tensor memory is allocated,
     and the total allocation is bounded by the file size; malformed or
     hostile files raise :class:`TensorFileError` naming the file and the
@@ -684,8 +692,20 @@ def load_safetensors(
     out: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         _, entries, metadata, data_start = _parse_header(f, where)
+        mapped = None
+        if mmap and any(e.end > e.begin for e in entries):
+            import mmap as _mmap
+            mapped = np.frombuffer(_mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ),
+                                   dtype=np.uint8)
         for e in entries:
             storage = _STORAGE[e.code]
+            if (mapped is not None and e.code not in ("BF16", "BOOL") and storage.isnative
+                    and (target is None or target == storage)
+                    and (data_start + e.begin) % storage.itemsize == 0):
+                n = e.end - e.begin
+                view = mapped[data_start + e.begin:data_start + e.end].view(storage)
+                out[e.name] = view.reshape(e.shape) if n else np.empty(e.shape, storage)
+                continue
             arr = np.empty(e.shape, dtype=storage)
             nbytes = e.end - e.begin
             if nbytes:
