@@ -145,3 +145,13 @@ def test_int8_quality_quick_reports_its_measures():
     assert re.search(r"free-running greedy texts: \d+/100 tokens equal", out), out
     size = float(re.search(r"files \d+ -> \d+ bytes: ([\d.]+)x", out).group(1))
     assert 0.2 < size <= 0.3, out
+
+
+def test_bench_load_quick_reports_four_ways():
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc")
+    out = run_bench("bench_load.py")
+    rows = re.findall(r"^(float32|int8) (read|mmap)\s+load\s+([\d.]+) s \| resident after load "
+                      r"\+\s*([\d.]+) MB \| peak with sampling\s+([\d.]+) MB$", out, re.M)
+    assert len(rows) == 4, out
+    assert re.search(r"int8 mmap peak / float32 read peak = [\d.]+", out)
