@@ -241,5 +241,7 @@ def test_cli_quantize_and_sample_int8(tmp_path, capsys):
     from_file = capsys.readouterr().out
     assert main(["sample", "--ckpt", str(out), "--int8"] + greedy) == 0
     assert capsys.readouterr().out == from_file            # the same int8 model, the same text
+    assert main(["sample", "--ckpt", str(out), "--int8", "--backend", "numpy"] + greedy) == 0
+    assert capsys.readouterr().out == from_file            # the NumPy backend runs it too
     assert main(["quantize", "--ckpt", str(q8), "--out", str(tmp_path / "again")]) == 2
     assert "already an int8 model" in capsys.readouterr().err
