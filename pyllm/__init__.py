@@ -12,6 +12,7 @@ Public names::
     get_backend, set_backend, available_backends, backend_reason, BackendUnavailable,
     get_num_threads, set_num_threads     backend choice (pyllm.backend)
     quantize, QuantizedGPT               int8 (Q8_0) inference models (pyllm.quant)
+    LoRA                                 low-rank adapters for finetuning (pyllm.lora)
     explore                              attention maps, head scores, ablation, nearest tokens,
                                          the offline viewer (pyllm.explore)
 """
@@ -22,6 +23,7 @@ from .backend import (BackendUnavailable, available_backends, backend_reason, ge
 from .checkpoint import CheckpointError, load, load_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
+from .lora import LoRA
 from .quant import QuantizedGPT, quantize
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from . import explore  # noqa: E402 (after the model it works on)
@@ -29,5 +31,5 @@ from . import explore  # noqa: E402 (after the model it works on)
 __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_reason",
            "get_backend", "get_num_threads", "set_backend", "set_num_threads",
            "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
-           "CheckpointError", "load", "load_gpt2", "QuantizedGPT", "quantize",
+           "CheckpointError", "load", "load_gpt2", "QuantizedGPT", "quantize", "LoRA",
            "BPETokenizer", "CharTokenizer", "load_tokenizer", "explore"]

@@ -165,6 +165,11 @@ class GPT:
         self.n_decay = self._p.n_decay
         self._acts = None
         self._mapped = False
+        # finetuning (pyllm.lora): adapters add to the four linear layers of each block
+        # (add_forward(name, out, inp), add_backward(name, dout, inp, dinp)); frozen skips
+        # every gradient of the base weights (none is written to the slab but LayerNorm's)
+        self._adapters = None
+        self._frozen = False
         # the attention of favor and linear models (feature maps and prefix sums); None: softmax
         self._kattn = None
         if config.attention != "softmax":
@@ -331,6 +336,7 @@ class GPT:
         self._check_backend()
         B, T = idx.shape
         a, P, NH = self._activations(B, T), self._p.views, self.config.n_head
+        ad = self._adapters
         ops.encoder_forward(a["encoded"], idx, P["wte.weight"], P["wpe.weight"])
         x = a["encoded"]                                               # (B,T,C) residual stream
         for i, l in enumerate(a["layers"]):
@@ -339,6 +345,8 @@ class GPT:
                                   P[p + "ln_1.weight"], P[p + "ln_1.bias"])
             ops.matmul_forward(l["qkv"], l["ln_1"], P[p + "attn.c_attn.weight"],
                                P[p + "attn.c_attn.bias"])             # (B,T,3C)
+            if ad is not None:
+                ad.add_forward(p + "attn.c_attn", l["qkv"], l["ln_1"])
             if self._kattn is None:
                 ops.attention_forward(l["atty"], l["lse"], l["qkv"], NH)  # (B,T,C)
             else:
@@ -347,13 +355,19 @@ class GPT:
                 self._attn_hook.forward(i, l["atty"])
             ops.matmul_forward(l["res_2"], l["atty"], P[p + "attn.c_proj.weight"],
                                P[p + "attn.c_proj.bias"], residual=x)   # x + proj, fused
+            if ad is not None:
+                ad.add_forward(p + "attn.c_proj", l["res_2"], l["atty"])
             ops.layernorm_forward(l["ln_2"], l["ln_2_mean"], l["ln_2_rstd"], l["res_2"],
                                   P[p + "ln_2.weight"], P[p + "ln_2.bias"])
             ops.matmul_forward(l["fch"], l["ln_2"], P[p + "mlp.c_fc.weight"],
                                P[p + "mlp.c_fc.bias"])                # (B,T,4C)
+            if ad is not None:
+                ad.add_forward(p + "mlp.c_fc", l["fch"], l["ln_2"])
             ops.gelu_forward(l["fch_gelu"], l["fch"])
             ops.matmul_forward(l["res_3"], l["fch_gelu"], P[p + "mlp.c_proj.weight"],
                                P[p + "mlp.c_proj.bias"], residual=l["res_2"])
+            if ad is not None:
+                ad.add_forward(p + "mlp.c_proj", l["res_3"], l["fch_gelu"])
             x = l["res_3"]
         ops.layernorm_forward(a["ln_f"], a["ln_f_mean"], a["ln_f_rstd"], x,
                               P["ln_f.weight"], P["ln_f.bias"])
@@ -427,14 +441,16 @@ class GPT:
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
         mask = self._check_mask(mask, idx.shape)
-        self._unmap()                      # training writes the weights: copy a mapped file in
+        if not self._frozen:
+            self._unmap()                  # training writes the weights: copy a mapped file in
         a = self._forward(idx)
         B, T = idx.shape
         C, V, NH = self.config.n_embd, self.config.vocab_size, self.config.n_head
         P, G = self._p.views, self._g.views
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
         loss = self._mean_loss(a["losses"], mask)
-        if not accumulate:
+        frozen = self._frozen
+        if not accumulate and not frozen:
             self._g.flat.fill(0.0)
         # dlogits (B,T,V) overwrites logits: (softmax - onehot) * loss_scale / (number counted)
         dlogits = a["logits"]
@@ -444,8 +460,9 @@ class GPT:
             dlogits[~mask] = 0.0
         dres = a["dres"]                                              # dL/d residual stream
         ops.gemm(a["dC"].reshape(B * T, C), dlogits.reshape(B * T, V), P["wte.weight"])
-        ops.gemm(G["wte.weight"], dlogits.reshape(B * T, V), a["ln_f"].reshape(B * T, C),
-                 trans_a=True, accumulate=True)
+        if not frozen:
+            ops.gemm(G["wte.weight"], dlogits.reshape(B * T, V), a["ln_f"].reshape(B * T, C),
+                     trans_a=True, accumulate=True)
         x_last = a["layers"][-1]["res_3"] if a["layers"] else a["encoded"]
         dres.fill(0.0)
         ops.layernorm_backward(dres, G["ln_f.weight"], G["ln_f.bias"], a["dC"], x_last,
@@ -476,7 +493,8 @@ class GPT:
             self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
             ops.layernorm_backward(dres, G[p + "ln_1.weight"], G[p + "ln_1.bias"], d_ln1,
                                    x_in, P[p + "ln_1.weight"], l["ln_1_mean"], l["ln_1_rstd"])
-        ops.encoder_backward(G["wte.weight"], G["wpe.weight"], dres, idx)
+        if not frozen:
+            ops.encoder_backward(G["wte.weight"], G["wpe.weight"], dres, idx)
         return loss, self.grads
 
     def _linear_backward(self, dinp, name, dout, inp):
@@ -484,8 +502,11 @@ class GPT:
         added, so it needs no zeroing first), and dW, db are added into the gradient slab."""
         W, OC = self._p.views[name + ".weight"], dout.shape[-1]
         ops.gemm(dinp.reshape(-1, W.shape[0]), dout.reshape(-1, OC), W, trans_b=True)
-        ops.matmul_backward(None, self._g.views[name + ".weight"], self._g.views[name + ".bias"],
-                            dout, inp, W)
+        if not self._frozen:
+            ops.matmul_backward(None, self._g.views[name + ".weight"],
+                                self._g.views[name + ".bias"], dout, inp, W)
+        if self._adapters is not None:
+            self._adapters.add_backward(name, dout, inp, dinp)
         return dinp
 
     # ---- generation ---------------------------------------------------------------------------
