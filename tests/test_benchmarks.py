@@ -155,3 +155,13 @@ def test_bench_load_quick_reports_four_ways():
                       r"\+\s*([\d.]+) MB \| peak with sampling\s+([\d.]+) MB$", out, re.M)
     assert len(rows) == 4, out
     assert re.search(r"int8 mmap peak / float32 read peak = [\d.]+", out)
+
+
+def test_bench_lora_quick_reports_both_ways():
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc")
+    out = run_bench("bench_lora.py")
+    rows = dict(re.findall(r"^(full|lora)\s+step\s+[\d.]+ s \| peak memory\s+[\d.]+ MB \| "
+                           r"trained numbers ([\d,]+)$", out, re.M))
+    assert rows == {"full": "120,576", "lora": "16,384"}, out
+    assert re.search(r"lora / full: step time [\d.]+ \(target <= 0.7\), peak memory [\d.]+", out)
