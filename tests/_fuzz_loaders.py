@@ -5,7 +5,7 @@ crash or a hang fails the test instead of taking pytest down or stalling it).
 
 KIND is one of ``safetensors``, ``model``, ``favor-model`` (a model file with attention="favor",
 whose random features are tensors of their own), ``q8-model`` (an int8 model: int8 and scale
-tensors), ``checkpoint``, ``char-tokenizer``,
+tensors), ``lora`` (LoRA adapters, loaded over their base), ``checkpoint``, ``char-tokenizer``,
 ``bpe-tokenizer``. The driver writes a real file of that kind with pyllm itself, then CASES
 times: mutates its bytes (byte flips, truncations, insertions, deletions, duplicated spans, and
 digits changed or added, which reach the checks on sizes, shapes and ids), writes the result and
@@ -18,6 +18,7 @@ the file:
     model            pyllm.load (model file)                     CheckpointError
     favor-model      pyllm.load (model file)                     CheckpointError
     q8-model         pyllm.load (int8 model file)                CheckpointError
+    lora             pyllm.LoRA.load (adapter file)              CheckpointError
     checkpoint       pyllm.checkpoint.load_checkpoint (dir)      CheckpointError
     char-tokenizer   load_tokenizer, CharTokenizer.load          ValueError
     bpe-tokenizer    load_tokenizer, BPETokenizer.load           ValueError
@@ -60,6 +61,10 @@ def make_source(kind, work):
             "e": np.zeros((0, 2), np.float16),
         }, {"k": "v"})
         return p, p
+    if kind == "lora":
+        p = os.path.join(work, "adapters.safetensors")
+        pyllm.LoRA(pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0), rank=2).save(p)
+        return p, p
     if kind in ("model", "favor-model", "q8-model", "checkpoint"):
         extra = dict(attention="favor", n_features=4) if kind == "favor-model" else {}
         model = pyllm.GPT(pyllm.GPTConfig(**CFG, **extra), seed=0)
@@ -93,7 +98,7 @@ def make_source(kind, work):
 
 def regions_of(kind, good):
     """(weight, lo, hi) byte ranges to mutate: safetensors files weigh the header most."""
-    if kind in ("safetensors", "model", "favor-model", "q8-model", "checkpoint"):
+    if kind in ("safetensors", "model", "favor-model", "q8-model", "lora", "checkpoint"):
         n = 8 + int.from_bytes(good[:8], "little")
         return [(0.1, 0, 8), (0.7, 8, n), (0.2, n, len(good))]
     return [(1.0, 0, len(good))]
@@ -144,6 +149,12 @@ def load_case(kind, path, case):
         for name, arr in tensors.items():
             assert isinstance(arr, np.ndarray) and arr.shape == tuple(header[name]["shape"])
         return "ok"
+    if kind == "lora":
+        lora = pyllm.LoRA.load(pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0), path)
+        assert np.all(np.isfinite(lora.params)) and lora.rank >= 1
+        with np.errstate(all="ignore"):   # finite but huge adapters may overflow: no crash
+            lora.forward(np.arange(4) % CFG["vocab_size"])
+        return "ok"
     mapped = case % 3 == 1             # every third case through mmap=True (values unchecked)
     if kind == "q8-model":
         qm = load(path, mmap=mapped)
@@ -188,7 +199,7 @@ def load_case(kind, path, case):
 
 
 ALLOWED = {"safetensors": TensorFileError, "model": CheckpointError,
-           "favor-model": CheckpointError, "q8-model": CheckpointError,
+           "favor-model": CheckpointError, "q8-model": CheckpointError, "lora": CheckpointError,
            "checkpoint": CheckpointError, "char-tokenizer": ValueError,
            "bpe-tokenizer": ValueError}
 

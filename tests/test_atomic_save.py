@@ -1,6 +1,7 @@
 """Saves are atomic: a process killed with SIGKILL at a random moment of a save -- a tensor file
 (``save_safetensors``), a whole training checkpoint (``save_checkpoint``), an int8 model
-(``QuantizedGPT.save``) or an attention viewer page (``explore.write_html``) -- leaves at the path
+(``QuantizedGPT.save``), LoRA adapters (``LoRA.save``) or an attention viewer page
+(``explore.write_html``) -- leaves at the path
 either the complete previous file or the complete new one, never a mix or a torn file; and the
 temporary files that such kills leave do not pile up (the next successful save removes those of
 dead writers).
@@ -72,6 +73,11 @@ HELPER = textwrap.dedent("""
             qms.append(pyllm.quantize(model))
         def save(g, path):
             qms[g].save(path)
+    elif kind == "lora":
+        lora = pyllm.LoRA(pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0), rank=128)
+        def save(g, path):  # version g: every adapter number g + 1
+            lora.params[...] = g + 1.0
+            lora.save(path)
     else:
         model = pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0)
         opt = pyllm.AdamW(model)
@@ -162,6 +168,14 @@ def _check_q8(path):
     return "old" if w == -1.0 else int(w) - 1
 
 
+def _check_lora(path):
+    """The version of the adapter file at ``path`` (0, 1 or 'old': every number -1)."""
+    lora = pyllm.LoRA.load(pyllm.GPT(pyllm.GPTConfig(**CKPT_CFG), seed=0), path)
+    vals = np.unique(lora.params)
+    assert len(vals) == 1, "torn file: adapters of two versions %s" % vals[:4]
+    return "old" if vals[0] == -1.0 else int(vals[0]) - 1
+
+
 def _check_checkpoint(directory):
     model, optim, state = load_checkpoint(directory)
     g = state["step"] - 10
@@ -177,7 +191,7 @@ def _check_checkpoint(directory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint", "viewer", "q8"])
+@pytest.mark.parametrize("kind", ["tensorfile", "checkpoint", "viewer", "q8", "lora"])
 def test_save_is_atomic_under_sigkill(kind, tmp_path):
     if kind == "tensorfile":
         target = tmp_path / "model.safetensors"
@@ -196,6 +210,12 @@ def test_save_is_atomic_under_sigkill(kind, tmp_path):
         model.params[...] = -1.0
         pyllm.quantize(model).save(target)
         directory, name, check = tmp_path, target.name, _check_q8
+    elif kind == "lora":
+        target = tmp_path / "adapters.safetensors"
+        lora = pyllm.LoRA(pyllm.GPT(pyllm.GPTConfig(**CKPT_CFG), seed=0), rank=128)
+        lora.params[...] = -1.0
+        lora.save(target)
+        directory, name, check = tmp_path, target.name, _check_lora
     else:
         target = tmp_path / "run"
         model = pyllm.GPT(pyllm.GPTConfig(**CKPT_CFG), seed=0)

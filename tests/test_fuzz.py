@@ -1,6 +1,6 @@
 """Fuzzing the file loaders: thousands of random mutations (byte flips, truncations, insertions,
 deletions, duplicated spans, changed digits) of real files written by pyllm -- a safetensors file,
-a model file (softmax, favor and int8), a training checkpoint, a character and a BPE tokenizer file. Every load must either
+a model file (softmax, favor and int8), LoRA adapters, a training checkpoint, a character and a BPE tokenizer file. Every load must either
 succeed with a valid result or raise the loader's documented exception naming the file; any other
 exception, a crash or a hang fails. The cases run in a child process (tests/_fuzz_loaders.py)
 under a time limit. PYLLM_FUZZ_CASES=N scales the number of cases per loader (default 600, 3000
@@ -25,10 +25,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "_fuzz_loaders.py")
 CASES = int(os.environ.get("PYLLM_FUZZ_CASES", "600"))
 SEED = int(os.environ.get("PYLLM_FUZZ_SEED", "20261128"))
-KINDS = ["safetensors", "model", "favor-model", "q8-model", "checkpoint", "char-tokenizer",
-         "bpe-tokenizer"]
+KINDS = ["safetensors", "model", "favor-model", "q8-model", "lora", "checkpoint",
+         "char-tokenizer", "bpe-tokenizer"]
 DOCUMENTED = {"safetensors": "TensorFileError", "model": "CheckpointError",
               "favor-model": "CheckpointError", "q8-model": "CheckpointError",
+              "lora": "CheckpointError",
               "checkpoint": "CheckpointError", "char-tokenizer": "ValueError",
               "bpe-tokenizer": "ValueError"}
 
