@@ -14,6 +14,7 @@ Public names::
     quantize, QuantizedGPT               int8 (Q8_0) inference models (pyllm.quant)
     LoRA                                 low-rank adapters for finetuning (pyllm.lora)
     format_instruction, instruction_batch    instruction data (pyllm.finetune)
+    Classifier                           a classification head on a GPT (pyllm.classify)
     explore                              attention maps, head scores, ablation, nearest tokens,
                                          the offline viewer (pyllm.explore)
 """
@@ -24,6 +25,7 @@ from .backend import (BackendUnavailable, available_backends, backend_reason, ge
 from .checkpoint import CheckpointError, load, load_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
+from .classify import Classifier
 from .finetune import format_instruction, instruction_batch
 from .lora import LoRA
 from .quant import QuantizedGPT, quantize
@@ -34,5 +36,5 @@ __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_r
            "get_backend", "get_num_threads", "set_backend", "set_num_threads",
            "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
            "CheckpointError", "load", "load_gpt2", "QuantizedGPT", "quantize", "LoRA",
-           "format_instruction", "instruction_batch",
+           "format_instruction", "instruction_batch", "Classifier",
            "BPETokenizer", "CharTokenizer", "load_tokenizer", "explore"]

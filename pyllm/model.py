@@ -170,6 +170,7 @@ class GPT:
         # every gradient of the base weights (none is written to the slab but LayerNorm's)
         self._adapters = None
         self._frozen = False
+        self._train_from = None  # pyllm.classify: weight gradients from this layer up only
         # the attention of favor and linear models (feature maps and prefix sums); None: softmax
         self._kattn = None
         if config.attention != "softmax":
@@ -331,8 +332,9 @@ class GPT:
 
     # ---- forward ------------------------------------------------------------------------------
 
-    def _forward(self, idx):
-        """Run the network on idx (B,T) int32; fills the activation buffers, returns them."""
+    def _forward(self, idx, head=True):
+        """Run the network on idx (B,T) int32; fills the activation buffers, returns them.
+        ``head=False`` stops at the final LayerNorm (a["ln_f"]), without the LM head's logits."""
         self._check_backend()
         B, T = idx.shape
         a, P, NH = self._activations(B, T), self._p.views, self.config.n_head
@@ -372,8 +374,9 @@ class GPT:
         ops.layernorm_forward(a["ln_f"], a["ln_f_mean"], a["ln_f_rstd"], x,
                               P["ln_f.weight"], P["ln_f.bias"])
         C, V = self.config.n_embd, self.config.vocab_size
-        ops.gemm(a["logits"].reshape(B * T, V), a["ln_f"].reshape(B * T, C), P["wte.weight"],
-                 trans_b=True)                                         # (B,T,V) tied head
+        if head:
+            ops.gemm(a["logits"].reshape(B * T, V), a["ln_f"].reshape(B * T, C),
+                     P["wte.weight"], trans_b=True)                    # (B,T,V) tied head
         return a
 
     def forward(self, idx):
@@ -445,7 +448,7 @@ class GPT:
             self._unmap()                  # training writes the weights: copy a mapped file in
         a = self._forward(idx)
         B, T = idx.shape
-        C, V, NH = self.config.n_embd, self.config.vocab_size, self.config.n_head
+        C, V = self.config.n_embd, self.config.vocab_size
         P, G = self._p.views, self._g.views
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
         loss = self._mean_loss(a["losses"], mask)
@@ -458,16 +461,27 @@ class GPT:
         ops.crossentropy_backward(dlogits, dlogits, targets, float(loss_scale) / n)
         if mask is not None:
             dlogits[~mask] = 0.0
-        dres = a["dres"]                                              # dL/d residual stream
         ops.gemm(a["dC"].reshape(B * T, C), dlogits.reshape(B * T, V), P["wte.weight"])
         if not frozen:
             ops.gemm(G["wte.weight"], dlogits.reshape(B * T, V), a["ln_f"].reshape(B * T, C),
                      trans_a=True, accumulate=True)
+        self._backward(idx, a)
+        return loss, self.grads
+
+    def _backward(self, idx, a):
+        """The backward from a["dC"] = dL/d(final LayerNorm output) (B,T,C) down through every
+        block: gradients added into the slab (none for the base's weights when ``_frozen``;
+        from layer ``_train_from`` up only, and no embedding gradients, when that is set)."""
+        P, G = self._p.views, self._g.views
+        NH, start = self.config.n_head, self._train_from
+        dres = a["dres"]                                              # dL/d residual stream
         x_last = a["layers"][-1]["res_3"] if a["layers"] else a["encoded"]
         dres.fill(0.0)
         ops.layernorm_backward(dres, G["ln_f.weight"], G["ln_f.bias"], a["dC"], x_last,
                                P["ln_f.weight"], a["ln_f_mean"], a["ln_f_rstd"])
         for i in reversed(range(self.config.n_layer)):
+            if start is not None and i < start:
+                return                                  # nothing below trains
             l, p = a["layers"][i], "h.%d." % i
             x_in = a["layers"][i - 1]["res_3"] if i > 0 else a["encoded"]
             # MLP: res_3 = res_2 + c_proj(gelu(c_fc(ln_2(res_2))))
@@ -493,9 +507,8 @@ class GPT:
             self._linear_backward(d_ln1, p + "attn.c_attn", d_qkv, l["ln_1"])
             ops.layernorm_backward(dres, G[p + "ln_1.weight"], G[p + "ln_1.bias"], d_ln1,
                                    x_in, P[p + "ln_1.weight"], l["ln_1_mean"], l["ln_1_rstd"])
-        if not frozen:
+        if not self._frozen and start is None:
             ops.encoder_backward(G["wte.weight"], G["wpe.weight"], dres, idx)
-        return loss, self.grads
 
     def _linear_backward(self, dinp, name, dout, inp):
         """Backward of the layer ``name`` (out = inp @ W + b): dinp = dout @ W^T is written (not

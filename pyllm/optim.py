@@ -26,8 +26,15 @@ class AdamW:
         self._validate()
         if getattr(model, "mapped", False):
             model._unmap()             # a memory-mapped model's weights are copied in to train
-        self.m = np.zeros_like(model.params)
-        self.v = np.zeros_like(model.params)
+        # what trains: a model's (or LoRA's) slab, decayed up to n_decay; or the list of
+        # (params, grads, decayed) arrays of ``model.param_groups()`` (a classifier)
+        self._groups = model.param_groups() if hasattr(model, "param_groups") else None
+        if self._groups is None:
+            self.m = np.zeros_like(model.params)
+            self.v = np.zeros_like(model.params)
+        else:
+            self.m = [np.zeros_like(p) for p, _, _ in self._groups]
+            self.v = [np.zeros_like(p) for p, _, _ in self._groups]
         self.t = 0
 
     def _validate(self):
@@ -46,7 +53,14 @@ class AdamW:
         names and shapes of ``model.state_dict()``; ``None`` means the model's own gradients)."""
         self._validate()
         model = self.model
-        if grads is not None and not _is_slab_grads(model, grads):
+        if self._groups is not None and grads is not None:
+            # the gradients are read where loss_and_grads wrote them: refuse anything else
+            own = [g for _, g, _ in self._groups]
+            if not isinstance(grads, dict) or not all(
+                    any(np.may_share_memory(v, g) for g in own) for v in grads.values()):
+                raise ValueError("step() takes the gradients of model.loss_and_grads (its "
+                                 ".grads) or None")
+        if grads is not None and self._groups is None and not _is_slab_grads(model, grads):
             if not isinstance(grads, dict):
                 raise TypeError("grads must be a dict of arrays, got %s" % type(grads).__name__)
             views = model.grads
@@ -60,6 +74,11 @@ class AdamW:
                 views[name][...] = g
         self.t += 1
         b1, b2 = self.betas
+        if self._groups is not None:
+            for (p, g, decayed), m, v in zip(self._groups, self.m, self.v):
+                ops.adamw_update(p, g, m, v, float(self.lr), b1, b2, float(self.eps),
+                                 float(self.weight_decay if decayed else 0.0), self.t)
+            return
         p, g, m, v, k = model.params, model.grads.flat, self.m, self.v, model.n_decay
         for sl, wd in ((slice(0, k), self.weight_decay), (slice(k, None), 0.0)):
             ops.adamw_update(p[sl], g[sl], m[sl], v[sl], float(self.lr), b1, b2, float(self.eps),
