@@ -28,10 +28,15 @@ from .lora import LoRA
 from .model import GPT
 
 FINETUNE = ("lora", "last_block", "all")
+HEAD_FILE, MODEL_FILE, ADAPTER_FILE = "head.safetensors", "model.safetensors", \
+    "adapters.safetensors"
 
 
 class Classifier:
-    """A classification head over ``model``'s last real token; see the module docstring."""
+    """A classification head over ``model``'s last real token; see the module docstring.
+    ``labels``: the class names a saved classifier was given (None otherwise)."""
+
+    labels = None
 
     def __init__(self, model, n_classes, finetune="lora", rank=8, alpha=16, seed=0):
         if not isinstance(model, GPT):
@@ -199,3 +204,119 @@ class Classifier:
             m._backward(idx, a)
             return loss
         return self._run(run), self.grads
+
+    # ---- files -------------------------------------------------------------------------
+
+    def save(self, directory, labels=None):
+        """Write the classifier into ``directory`` (atomically, file by file): the model as it now
+        is (``model.safetensors``; for LoRA the untouched base), the adapters
+        (``adapters.safetensors``, LoRA only) and the head (``head.safetensors``, with ``n_classes``,
+        ``finetune`` and the label names, when given, in its metadata)."""
+        import json
+        import os
+        from .tensorfile import save_safetensors
+        if labels is not None:
+            labels = [str(x) for x in labels]
+            if len(labels) != self.n_classes:
+                raise ValueError("labels must name the %d classes, got %d" % (self.n_classes,
+                                                                             len(labels)))
+        os.makedirs(directory, exist_ok=True)
+        self.model.save(os.path.join(directory, MODEL_FILE))
+        if self.lora is not None:
+            self.lora.save(os.path.join(directory, ADAPTER_FILE))
+        meta = {"format": "pyllm-classifier", "format_version": "1",
+                "n_classes": str(self.n_classes), "finetune": self.finetune,
+                "labels": json.dumps(labels)}
+        save_safetensors(os.path.join(directory, HEAD_FILE),
+                         {"head.weight": np.ascontiguousarray(self.head_weight, np.float32),
+                          "head.bias": np.ascontiguousarray(self.head_bias, np.float32)}, meta)
+
+    @classmethod
+    def load(cls, directory):
+        """A classifier saved with :meth:`save`; returns it (its ``labels`` attribute holds the
+        label names, or None). ``CheckpointError`` for a directory that is not one."""
+        import json
+        import os
+        from .checkpoint import CheckpointError, load
+        from .tensorfile import TensorFileError, load_safetensors
+        try:
+            head, meta = load_safetensors(os.path.join(directory, HEAD_FILE), dtype=np.float32)
+        except (TensorFileError, FileNotFoundError) as exc:
+            raise CheckpointError("%s is not a saved classifier: %s" % (directory, exc)) from None
+        try:
+            if meta["format"] != "pyllm-classifier" or meta["format_version"] != "1":
+                raise ValueError("format %r version %r" % (meta["format"], meta["format_version"]))
+            n, finetune = int(meta["n_classes"]), meta["finetune"]
+            labels = json.loads(meta["labels"])
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
+            raise CheckpointError("%s: invalid classifier metadata (%s)" % (directory, exc)) from None
+        model = load(os.path.join(directory, MODEL_FILE))
+        try:
+            clf = cls(model, n, finetune=finetune)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError("%s: %s" % (directory, exc)) from None
+        for name, arr in (("head.weight", clf.head_weight), ("head.bias", clf.head_bias)):
+            got = head.get(name)
+            if got is None or got.shape != arr.shape or not np.all(np.isfinite(got)):
+                raise CheckpointError("%s: %s is missing, of the wrong shape or not finite"
+                                      % (directory, name))
+            arr[...] = got
+        if clf.lora is not None:
+            clf.lora = LoRA.load(model, os.path.join(directory, ADAPTER_FILE))
+        if labels is not None and (not isinstance(labels, list) or len(labels) != n):
+            raise CheckpointError("%s: the label names do not match n_classes" % directory)
+        clf.labels = labels
+        return clf
+
+
+def read_labelled_texts(path):
+    """``(texts, labels)`` from a CSV file with ``text`` and ``label`` columns (a header row) or
+    a JSONL file of ``{"text": ..., "label": ...}`` objects (by the extension ``.jsonl`` /
+    ``.json``; anything else is read as CSV). Labels stay as written (strings or ints).
+    ``ValueError`` naming the file and the line for anything malformed."""
+    import csv
+    import json
+    import os
+    texts, labels = [], []
+    if os.path.splitext(str(path))[1].lower() in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError) as exc:
+                    raise ValueError("%s line %d: not JSON (%s)" % (path, n, exc)) from None
+                if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
+                    raise ValueError("%s line %d: expected an object with 'text' and 'label'"
+                                     % (path, n))
+                if not isinstance(obj["text"], str) or not isinstance(obj["label"], (str, int)) \
+                        or isinstance(obj["label"], bool):
+                    raise ValueError("%s line %d: 'text' must be a string and 'label' a string "
+                                     "or an integer" % (path, n))
+                texts.append(obj["text"])
+                labels.append(obj["label"])
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError("%s is empty" % path)
+            cols = [h.strip().lower() for h in header]
+            for need in ("text", "label"):
+                if need not in cols:
+                    raise ValueError("%s line 1: the header has no %r column (it has %s)"
+                                     % (path, need, ", ".join(map(repr, header))))
+            ti, li = cols.index("text"), cols.index("label")
+            for row in reader:
+                n = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise ValueError("%s line %d: %d fields, the header has %d"
+                                     % (path, n, len(row), len(header)))
+                texts.append(row[ti])
+                labels.append(row[li])
+    if not texts:
+        raise ValueError("%s holds no examples" % path)
+    return texts, labels

@@ -51,7 +51,8 @@ def build_parser():
                                  "sample, and inspect the build.")
     ap.add_argument("--version", action="version", version="pyllm " + __version__)
     sub = ap.add_subparsers(dest="command",
-                            metavar="{train,sample,quantize,info,heads,neighbors}")
+                            metavar="{train,sample,quantize,finetune,classify,info,heads,"
+                                    "neighbors}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model (default: the tiny preset on text from "
@@ -106,8 +107,9 @@ def build_parser():
                    help="also describe this model file or training directory (shape, "
                    "parameters, attention kernel)")
     _add_backend_args(i)
-    from . import cli_explore
+    from . import cli_explore, cli_finetune
     cli_explore.add_parsers(sub, add_model_source, _add_backend_args)
+    cli_finetune.add_parsers(sub, add_model_source, _add_backend_args)
     return ap
 
 
@@ -342,9 +344,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         _apply_backend_args(args)
-        from . import cli_explore
+        from . import cli_explore, cli_finetune
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
-                "quantize": cmd_quantize,
+                "quantize": cmd_quantize, "finetune": cli_finetune.cmd_finetune,
+                "classify": cli_finetune.cmd_classify,
                 "heads": cli_explore.cmd_heads,
                 "neighbors": cli_explore.cmd_neighbors}[args.command](args)
     except BrokenPipeError:

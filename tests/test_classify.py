@@ -123,3 +123,79 @@ def test_bad_input_is_refused_by_name():
         clf.predict([[4, 99]])
     with pytest.warns(RuntimeWarning, match="its last 24 are used"):
         assert clf.predict([list(range(4, 20)) * 2]).shape == (1,)
+
+
+def test_save_and_load_give_the_same_classifier(tmp_path):
+    m = pyllm.GPT(pyllm.GPTConfig(**CFG), seed=0)
+    for mode in ("lora", "last_block"):
+        clf = pyllm.Classifier(m, 3, finetune=mode, rank=2)
+        clf.head_weight += 0.1
+        if clf.lora is not None:
+            clf.lora.params += 0.01
+        clf.save(tmp_path / mode, labels=["x", "y", "z"])
+        back = pyllm.Classifier.load(tmp_path / mode)
+        assert back.labels == ["x", "y", "z"] and back.finetune == mode
+        assert np.array_equal(back.logits([[4, 5, 6], [7]]), clf.logits([[4, 5, 6], [7]]))
+    with pytest.raises(pyllm.CheckpointError, match="not a saved classifier"):
+        pyllm.Classifier.load(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="labels must name the 3 classes"):
+        clf.save(tmp_path / "bad", labels=["x"])
+
+
+def test_labelled_files_and_their_errors_by_line(tmp_path):
+    from pyllm.classify import read_labelled_texts
+    (tmp_path / "a.csv").write_text('label,text\nham,"hello, there"\nspam,win now\n\n',
+                                    encoding="utf-8")
+    assert read_labelled_texts(tmp_path / "a.csv") == (["hello, there", "win now"],
+                                                       ["ham", "spam"])
+    (tmp_path / "a.jsonl").write_text('{"text": "x", "label": 1}\n\n{"text": "y", "label": 0}\n')
+    assert read_labelled_texts(tmp_path / "a.jsonl") == (["x", "y"], [1, 0])
+    cases = [("b.csv", "text,kind\nx,1\n", "line 1: the header has no 'label'"),
+             ("c.csv", "text,label\nx,1\ny\n", "line 3: 1 fields, the header has 2"),
+             ("d.csv", "", "is empty"),
+             ("e.csv", "text,label\n", "holds no examples"),
+             ("f.jsonl", '{"text": "x", "label": 1}\n{"text": "y"\n', "line 2: not JSON"),
+             ("g.jsonl", '{"text": "x"}\n', "line 1: expected an object with 'text' and 'label'"),
+             ("h.jsonl", '{"text": 3, "label": 1}\n', "line 1: 'text' must be a string")]
+    for name, text, msg in cases:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=msg):
+            read_labelled_texts(tmp_path / name)
+
+
+def test_cli_finetunes_a_classifier_and_classifies(tmp_path, capsys):
+    import csv
+    import json
+    from pyllm.cli import main
+    from test_train import corpus
+    rng = np.random.default_rng(0)
+    kinds = {"animal": ["cat", "dog", "cow", "pig"], "colour": ["red", "blue", "tan", "grey"]}
+
+    def rows(n):
+        return [(" ".join(rng.choice(kinds[k], 4)), k) for k in list(kinds) * (n // 2)]
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label")] + rows(64))
+    with open(tmp_path / "val.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t, "label": k}) + "\n" for t, k in rows(32))
+    base = tmp_path / "base"
+    text = open(corpus(tmp_path)).read() + " cat dog cow pig red blue tan grey"
+    (tmp_path / "text.txt").write_text(text)
+    assert main(["train", "--data", str(tmp_path / "text.txt"), "--out", str(base), "--steps",
+                 "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+                 "--batch-size", "2", "--eval-interval", "2", "--eval-iters", "1",
+                 "--sample-tokens", "0", "--quiet"]) == 0
+    assert main(["finetune", "classify", "--ckpt", str(base), "--train",
+                 str(tmp_path / "train.csv"), "--val", str(tmp_path / "val.jsonl"), "--test",
+                 str(tmp_path / "val.jsonl"), "--epochs", "4", "--lr", "1e-2", "--out",
+                 str(tmp_path / "clf")]) == 0
+    err = capsys.readouterr().err
+    acc = float(err.split("test accuracy ")[1].split("%")[0])
+    assert "classes: animal, colour" in err and acc >= 95, err
+    assert main(["classify", "--ckpt", str(tmp_path / "clf"), "pig cow cat dog"]) == 0
+    label, prob = capsys.readouterr().out.split()
+    assert label == "animal" and float(prob) > 0.5
+    with open(tmp_path / "one.csv", "w") as f:
+        f.write("text,label\ncat dog,animal\ncow,animal\n")
+    assert main(["finetune", "classify", "--ckpt", str(base), "--train", str(tmp_path / "one.csv"),
+                 "--val", str(tmp_path / "one.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "one class only" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""``pyllm finetune classify`` and ``pyllm classify``: train a classifier on labelled text files
+and use it (see docs/FINETUNE.md)."""
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def add_parsers(sub, add_model_source, add_backend_args):
+    f = sub.add_parser("finetune", help="finetune a model: a text classifier")
+    fsub = f.add_subparsers(dest="task", metavar="{classify}")
+    fsub.required = True
+    c = fsub.add_parser("classify", help="train a classification head (and LoRA adapters, the "
+                        "last block or everything) on labelled texts")
+    add_model_source(c)
+    c.add_argument("--train", required=True, help="CSV (text,label) or JSONL ({text, label})")
+    c.add_argument("--val", required=True, help="the same, for validation")
+    c.add_argument("--test", default=None, help="the same, scored once at the end")
+    c.add_argument("--finetune", choices=["lora", "last_block", "all"], default="lora")
+    c.add_argument("--rank", type=int, default=8)
+    c.add_argument("--alpha", type=float, default=16)
+    c.add_argument("--epochs", type=int, default=3)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--lr", type=float, default=None,
+                   help="default: 1e-3 for lora, 5e-5 otherwise")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", required=True, help="directory for the classifier")
+    add_backend_args(c)
+    k = sub.add_parser("classify", help="label a text with a classifier from `finetune classify`")
+    k.add_argument("--ckpt", required=True, help="the classifier's directory")
+    k.add_argument("text", help="the text to classify")
+    add_backend_args(k)
+
+
+def _encode(tokenizer, texts, path):
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            ids = tokenizer.encode(t)
+        except ValueError as exc:
+            raise ValueError("%s example %d cannot be encoded: %s" % (path, i + 1, exc)) from None
+        if not ids:
+            raise ValueError("%s example %d is empty" % (path, i + 1))
+        out.append(ids)
+    return out
+
+
+def _accuracy(clf, seqs, y, batch):
+    hits = 0
+    for i in range(0, len(seqs), batch):
+        hits += int((clf.predict(seqs[i:i + batch]) == y[i:i + batch]).sum())
+    return hits / len(seqs)
+
+
+def cmd_finetune(args):
+    import pyllm
+    from .classify import Classifier, read_labelled_texts
+    from .cli import load_model_and_tokenizer
+    if args.epochs < 1 or args.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be >= 1")
+    data = {}
+    for split in ("train", "val", "test"):
+        path = getattr(args, split)
+        if path is not None:
+            data[split] = (path,) + read_labelled_texts(path)
+    names = sorted({str(x) for _, _, lab in data.values() for x in lab})
+    train_names = {str(x) for x in data["train"][2]}
+    if len(train_names) < 2:
+        raise ValueError("%s has one class only (%s): a classifier needs two or more"
+                         % (args.train, ", ".join(sorted(train_names))))
+    ids = {n: i for i, n in enumerate(names)}
+    model, tok = load_model_and_tokenizer(args)
+    sets = {s: (_encode(tok, texts, path), np.array([ids[str(x)] for x in lab]))
+            for s, (path, texts, lab) in data.items()}
+    clf = Classifier(model, len(names), finetune=args.finetune, rank=args.rank,
+                     alpha=args.alpha, seed=args.seed)
+    lr = args.lr if args.lr is not None else (1e-3 if args.finetune == "lora" else 5e-5)
+    opt = pyllm.AdamW(clf, lr=lr, weight_decay=0.0 if args.finetune == "lora" else 0.1)
+    seqs, y = sets["train"]
+    rng = np.random.default_rng(args.seed)
+    print("classes: %s; %d training examples; %s numbers train (finetune=%s)"
+          % (", ".join(names), len(seqs), format(clf.n_trainable, ","), args.finetune),
+          file=sys.stderr)
+    for epoch in range(args.epochs):
+        order, losses, t0 = rng.permutation(len(seqs)), [], time.time()
+        steps = -(-len(seqs) // args.batch_size)
+        for k in range(steps):
+            b = order[k * args.batch_size:(k + 1) * args.batch_size]
+            loss, g = clf.loss_and_grads([seqs[i] for i in b], y[b])
+            pyllm.clip_grad_norm(g, 1.0)
+            opt.step(g)
+            losses.append(loss)
+            if sys.stderr.isatty():
+                sys.stderr.write("\repoch %d: step %d/%d, loss %.4f" % (epoch + 1, k + 1, steps,
+                                                                       np.mean(losses)))
+        acc = _accuracy(clf, *sets["val"], args.batch_size)
+        print("%sepoch %d: train loss %.4f, val accuracy %.1f%% (%.0f s)"
+              % ("\r" if sys.stderr.isatty() else "", epoch + 1, np.mean(losses), 100 * acc,
+                 time.time() - t0), file=sys.stderr)
+    if "test" in sets:
+        print("test accuracy %.1f%%" % (100 * _accuracy(clf, *sets["test"], args.batch_size)),
+              file=sys.stderr)
+    clf.save(args.out, labels=names)
+    tok.save(os.path.join(args.out, "tokenizer.txt"))
+    print("saved in %s" % args.out, file=sys.stderr)
+    return 0
+
+
+def cmd_classify(args):
+    import pyllm
+    from .classify import Classifier
+    clf = Classifier.load(args.ckpt)
+    tok = pyllm.load_tokenizer(os.path.join(args.ckpt, "tokenizer.txt"))
+    ids = tok.encode(args.text)
+    if not ids:
+        raise ValueError("the text encodes to no tokens")
+    p = clf.predict_proba([ids])[0]
+    k = int(p.argmax())
+    name = clf.labels[k] if clf.labels else str(k)
+    print("%s\t%.4f" % (name, p[k]))
+    return 0
