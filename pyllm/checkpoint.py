@@ -27,6 +27,7 @@ from .tensorfile import TensorFileError, load_safetensors, read_safetensors_head
     save_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+MODEL_FILE = "model.safetensors"      # the model of a finetuning directory
 TOKENIZER_FILE = "tokenizer.txt"
 
 
@@ -91,6 +92,8 @@ def _resolve(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         f = os.path.join(path, CHECKPOINT_FILE)
+        if not os.path.exists(f) and os.path.exists(os.path.join(path, MODEL_FILE)):
+            f = os.path.join(path, MODEL_FILE)      # a finetuned model's directory
         if not os.path.exists(f):
             raise CheckpointError("%s is a directory without %s" % (path, CHECKPOINT_FILE))
         return f

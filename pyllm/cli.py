@@ -92,6 +92,10 @@ def build_parser():
     add_model_source(s)
     _sample_args(s)
     s.add_argument("--no-cache", action="store_true", help="recompute instead of the KV cache")
+    s.add_argument("--instruction", default=None,
+                   help="format an Alpaca-style prompt (docs/FINETUNE.md) and print only the "
+                   "response")
+    s.add_argument("--input", default=None, help="the instruction's input (with --instruction)")
     s.add_argument("--int8", action="store_true",
                    help="quantize the weights to int8 (Q8_0) first: about 3x faster sampling "
                    "(see docs/QUANT.md); a file written by `pyllm quantize` is int8 already")
@@ -129,8 +133,19 @@ def _check_sampling_args(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
 
 
-def _stream_sample(model, tokenizer, prompt, args, use_cache=True):
-    """Print prompt + sampled text, decoding incrementally as tokens arrive."""
+def end_token(tokenizer):
+    """The id of ``<|endoftext|>`` when the tokenizer has it as one token, else None."""
+    from .tokenizer import EOT_TOKEN, BPETokenizer
+    if isinstance(tokenizer, BPETokenizer):
+        ids = tokenizer.encode(EOT_TOKEN)
+        if len(ids) == 1:
+            return ids[0]
+    return None
+
+
+def _stream_sample(model, tokenizer, prompt, args, use_cache=True, echo=True, stop=None):
+    """Print prompt (unless ``echo`` is False) + sampled text, decoding incrementally as tokens
+    arrive; sampling ends early at the token id ``stop``, which is not printed."""
     _check_sampling_args(args)
     if prompt is None:
         prompt = "\n"
@@ -141,13 +156,17 @@ def _stream_sample(model, tokenizer, prompt, args, use_cache=True):
     if not ids:
         raise SystemExit("error: the prompt encodes to no tokens")
     out = sys.stdout
-    out.write(_printable(prompt, out))
-    out.flush()
+    if echo:
+        out.write(_printable(prompt, out))
+        out.flush()
     new, shown = [], ""
     t0 = time.time()
     try:
         for tok in model.stream(np.array([ids]), args.max_new_tokens, args.temperature,
-                                args.top_k, args.top_p, args.seed, use_cache=use_cache):
+                                args.top_k, args.top_p, args.seed, use_cache=use_cache,
+                                stop_token=stop):
+            if stop is not None and int(tok[0]) == stop:
+                break
             new.append(int(tok[0]))
             if new[-1] >= tokenizer.vocab_size:  # a model with a padded vocabulary
                 raise SystemExit("error: the model sampled token id %d, which the tokenizer "
@@ -244,6 +263,16 @@ def cmd_sample(args):
     if args.int8 and isinstance(model, GPT):
         from .quant import quantize
         model = quantize(model)
+    if args.instruction is not None:
+        if args.prompt is not None:
+            raise ValueError("give --prompt or --instruction, not both")
+        from .finetune import format_instruction
+        prompt = format_instruction({"instruction": args.instruction, "input": args.input or ""})
+        _stream_sample(model, tokenizer, prompt, args, use_cache=not args.no_cache, echo=False,
+                       stop=end_token(tokenizer))
+        return 0
+    if args.input is not None:
+        raise ValueError("--input goes with --instruction")
     _stream_sample(model, tokenizer, args.prompt, args, use_cache=not args.no_cache)
     return 0
 

@@ -1,5 +1,5 @@
-"""``pyllm finetune classify`` and ``pyllm classify``: train a classifier on labelled text files
-and use it (see docs/FINETUNE.md)."""
+"""``pyllm finetune classify | instruct`` and ``pyllm classify``: train a classifier on labelled
+text files, or tune a model on instruction data, and use them (see docs/FINETUNE.md)."""
 import os
 import sys
 import time
@@ -8,8 +8,9 @@ import numpy as np
 
 
 def add_parsers(sub, add_model_source, add_backend_args):
-    f = sub.add_parser("finetune", help="finetune a model: a text classifier")
-    fsub = f.add_subparsers(dest="task", metavar="{classify}")
+    f = sub.add_parser("finetune", help="finetune a model: a text classifier, or an instruction "
+                       "follower")
+    fsub = f.add_subparsers(dest="task", metavar="{classify,instruct}")
     fsub.required = True
     c = fsub.add_parser("classify", help="train a classification head (and LoRA adapters, the "
                         "last block or everything) on labelled texts")
@@ -27,6 +28,7 @@ def add_parsers(sub, add_model_source, add_backend_args):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", required=True, help="directory for the classifier")
     add_backend_args(c)
+    add_instruct_parser(fsub, add_model_source, add_backend_args)
     k = sub.add_parser("classify", help="label a text with a classifier from `finetune classify`")
     k.add_argument("--ckpt", required=True, help="the classifier's directory")
     k.add_argument("text", help="the text to classify")
@@ -54,6 +56,8 @@ def _accuracy(clf, seqs, y, batch):
 
 
 def cmd_finetune(args):
+    if args.task == "instruct":
+        return cmd_instruct(args)
     import pyllm
     from .classify import Classifier, read_labelled_texts
     from .cli import load_model_and_tokenizer
@@ -119,4 +123,103 @@ def cmd_classify(args):
     k = int(p.argmax())
     name = clf.labels[k] if clf.labels else str(k)
     print("%s\t%.4f" % (name, p[k]))
+    return 0
+
+
+def add_instruct_parser(fsub, add_model_source, add_backend_args):
+    i = fsub.add_parser("instruct", help="instruction tuning on Alpaca-style JSON data (the loss "
+                        "on the responses only)")
+    add_model_source(i)
+    i.add_argument("--data", required=True, help="a JSON list (or JSONL) of {instruction, input, "
+                   "output} objects")
+    i.add_argument("--val-fraction", type=float, default=0.1)
+    i.add_argument("--finetune", choices=["lora", "all"], default="lora")
+    i.add_argument("--rank", type=int, default=8)
+    i.add_argument("--alpha", type=float, default=16)
+    i.add_argument("--epochs", type=int, default=2)
+    i.add_argument("--batch-size", type=int, default=8)
+    i.add_argument("--lr", type=float, default=None,
+                   help="default: 1e-3 for lora, 5e-5 for all")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--out", required=True, help="directory for the finetuned model")
+    add_backend_args(i)
+
+
+def read_instructions(path):
+    """Instruction entries from a JSON list or a JSONL file; ValueError naming the entry."""
+    import json
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+        lines = None
+    except (ValueError, RecursionError):
+        data, lines = [], text.splitlines()
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except (ValueError, RecursionError) as exc:
+                    raise ValueError("%s line %d: not JSON (%s)" % (path, n, exc)) from None
+    if not isinstance(data, list) or not data:
+        raise ValueError("%s must hold a non-empty list of instruction entries" % path)
+    for k, e in enumerate(data):
+        if not isinstance(e, dict) or not isinstance(e.get("instruction"), str) \
+                or not isinstance(e.get("output"), str) \
+                or not isinstance(e.get("input", ""), str):
+            raise ValueError("%s entry %d: expected {\"instruction\": str, \"input\": str "
+                             "(optional), \"output\": str}" % (path, k + 1))
+    return data
+
+
+def cmd_instruct(args):
+    import pyllm
+    from .cli import end_token, load_model_and_tokenizer
+    from .finetune import instruction_batch
+    data = read_instructions(args.data)
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError("--val-fraction must be in [0, 1)")
+    model, tok = load_model_and_tokenizer(args)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(data))
+    n_val = int(round(len(data) * args.val_fraction))
+    val, train = [data[i] for i in order[:n_val]], [data[i] for i in order[n_val:]]
+    if not train:
+        raise ValueError("no training entries left after the validation split")
+    end, bs = end_token(tok), model.config.block_size
+    trained = pyllm.LoRA(model, rank=args.rank, alpha=args.alpha, seed=args.seed) \
+        if args.finetune == "lora" else model
+    lr = args.lr if args.lr is not None else (1e-3 if args.finetune == "lora" else 5e-5)
+    opt = pyllm.AdamW(trained, lr=lr, weight_decay=0.0 if args.finetune == "lora" else 0.1)
+    print("%d training and %d validation entries; %s numbers train (finetune=%s)"
+          % (len(train), len(val), format(int(trained.params.size), ","), args.finetune),
+          file=sys.stderr)
+
+    def mean_loss(entries):
+        losses = []
+        for i in range(0, len(entries), args.batch_size):
+            x, y, mask = instruction_batch(tok, entries[i:i + args.batch_size], bs, end_id=end)
+            losses.append(trained.loss(x, y, mask=mask))
+        return float(np.mean(losses))
+    for epoch in range(args.epochs):
+        perm, losses, t0 = rng.permutation(len(train)), [], time.time()
+        for k in range(0, len(train), args.batch_size):
+            x, y, mask = instruction_batch(tok, [train[i] for i in perm[k:k + args.batch_size]],
+                                           bs, end_id=end)
+            loss, g = trained.loss_and_grads(x, y, mask=mask)
+            pyllm.clip_grad_norm(g, 1.0)
+            opt.step(g)
+            losses.append(loss)
+        msg = "epoch %d: train loss %.4f" % (epoch + 1, np.mean(losses))
+        if val:
+            msg += ", val loss %.4f" % mean_loss(val)
+        print(msg + " (%.0f s)" % (time.time() - t0), file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    final = trained.merged() if args.finetune == "lora" else model
+    final.save(os.path.join(args.out, "model.safetensors"))
+    if args.finetune == "lora":
+        trained.save(os.path.join(args.out, "adapters.safetensors"))
+    tok.save(os.path.join(args.out, "tokenizer.txt"))
+    print("saved in %s; try: pyllm sample --ckpt %s --instruction \"...\""
+          % (args.out, args.out), file=sys.stderr)
     return 0

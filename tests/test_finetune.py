@@ -71,3 +71,31 @@ def test_a_model_learns_a_toy_instruction_set_through_the_mask():
         pyllm.clip_grad_norm(g, 1.0)
         opt.step(g)
     assert m.loss(x, y, mask=mask) < 0.5 * first
+
+
+def test_cli_instruct_then_sample_the_response(tmp_path, capsys):
+    import json
+    from pyllm.cli import main
+    r = np.random.default_rng(1)
+    words = ["".join(r.choice(list("abcd"), 3)) for _ in range(24)]
+    data = [{"instruction": "Reverse.", "input": w, "output": w[::-1]} for w in words]
+    (tmp_path / "inst.json").write_text(json.dumps(data))
+    text = "".join(format_instruction(e, with_output=True) for e in data)
+    (tmp_path / "text.txt").write_text(text * 2)
+    assert main(["train", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "base"),
+                 "--steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                 "--block-size", "192", "--batch-size", "2", "--eval-interval", "2",
+                 "--eval-iters", "1", "--sample-tokens", "0", "--quiet"]) == 0
+    assert main(["finetune", "instruct", "--ckpt", str(tmp_path / "base"), "--data",
+                 str(tmp_path / "inst.json"), "--epochs", "1", "--out",
+                 str(tmp_path / "tuned")]) == 0
+    err = capsys.readouterr().err
+    assert "22 training and 2 validation entries" in err and "epoch 1: train loss" in err
+    assert main(["sample", "--ckpt", str(tmp_path / "tuned"), "--instruction", "Reverse.",
+                 "--input", "abc", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Below is an instruction" not in out and len(out.strip("\n")) <= 4   # the response
+    (tmp_path / "bad.json").write_text('[{"instruction": "x"}]')
+    assert main(["finetune", "instruct", "--ckpt", str(tmp_path / "base"), "--data",
+                 str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "entry 1: expected" in capsys.readouterr().err
