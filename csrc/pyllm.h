@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define PYLLM_ABI_VERSION 7
+#define PYLLM_ABI_VERSION 8
 #define PYLLM_OK 0
 #define PYLLM_ERR_SIZE -1   /* a size argument is out of range (negative, or inconsistent) */
 #define PYLLM_ERR_INDEX -2  /* a token id, target or position is out of range */
@@ -77,7 +77,8 @@ int residual_backward(float *dinp1, float *dinp2, const float *dout, int64_t n);
 /* softmax.c: softmax over the last axis of (N,V) */
 int softmax_forward(float *out, const float *inp, int N, int V);
 int softmax_backward(float *dinp, const float *dout, const float *out, int N, int V);
-/* losses (N) = logsumexp(logits) - logits[target]; logits (N,V); targets (N) */
+/* losses (N) = logsumexp(logits) - logits[target]; logits (N,V); targets (N), each in [0, V) or
+   -1: an ignored position (loss 0, gradient row 0) */
 int crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V);
 /* dlogits (N,V) = (softmax(logits) - onehot(target)) * scale; dlogits may alias logits */
 int crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets,

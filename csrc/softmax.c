@@ -18,6 +18,9 @@
  */
 #include "vecmath.h"
 
+/* a target of CE_IGNORE (-1) marks a position whose loss is 0 and whose gradient row is 0 */
+#define CE_IGNORE (-1)
+
 #define SM_BLOCK 512 /* elements per float partial sum (16 per lane) */
 
 /* max of x[0..V), V >= 1 (lanes as described in vecmath.h) */
@@ -124,11 +127,16 @@ VM_INLINE void softmax_backward_row(float *d, const float *g, const float *p, in
 }
 
 VM_INLINE float crossentropy_row(const float *x, int target, int V) {
+    if (target == CE_IGNORE) return 0.0f; /* a position that does not count */
     float mx = row_max(x, V);
     return (float)(log(exp_sum(x, mx, V)) + ((double)mx - (double)x[target]));
 }
 
 VM_INLINE void crossentropy_backward_row(float *d, const float *x, int target, float scale, int V) {
+    if (target == CE_IGNORE) { /* no gradient from a position that does not count */
+        for (int j = 0; j < V; j++) d[j] = 0.0f;
+        return;
+    }
     float mx = row_max(x, V);
     float inv = (float)(scale / exp_store_sum(d, x, mx, V));
     for (int j = 0; j < V; j++) d[j] *= inv;
@@ -234,7 +242,7 @@ int softmax_backward(float *dinp, const float *dout, const float *out, int N, in
 
 static int targets_ok(const int32_t *targets, int N, int V) {
     int bad = 0;
-    for (int i = 0; i < N; i++) bad |= (targets[i] < 0 || targets[i] >= V);
+    for (int i = 0; i < N; i++) bad |= ((targets[i] < 0 && targets[i] != CE_IGNORE) || targets[i] >= V);
     return !bad;
 }
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .backend import get_backend, hooked_decoder, numpy_decoder, ops
-from .backend._check import decoder_weight_names
+from .backend._check import CE_IGNORE, decoder_weight_names
 from .rng import RNG
 
 MODEL_FORMAT = "pyllm-model"
@@ -411,10 +411,17 @@ class GPT:
         return m
 
     @staticmethod
-    def _mean_loss(losses, mask):
+    def _masked_targets(targets, mask):
+        """The targets with the positions outside ``mask`` set to the cross-entropy kernels'
+        ignore value (-1: loss 0, gradient row 0)."""
         if mask is None:
-            return float(losses.mean(dtype=np.float64))
-        return float(losses[mask].sum(dtype=np.float64) / np.count_nonzero(mask))
+            return targets
+        return np.ascontiguousarray(np.where(mask, targets, CE_IGNORE), dtype=np.int32)
+
+    @staticmethod
+    def _mean_loss(losses, targets):
+        """The mean over the positions that count (ignored ones have loss 0)."""
+        return float(losses.sum(dtype=np.float64) / np.count_nonzero(targets != CE_IGNORE))
 
     def loss(self, idx, targets, mask=None):
         """Mean cross-entropy of the next-token predictions (forward only); a Python float.
@@ -423,11 +430,11 @@ class GPT:
         the answer tokens of an instruction or the predictable half of a repeated sequence.
         """
         idx = self._check_idx(idx)
-        targets = self._check_targets(targets, idx.shape)
-        mask = self._check_mask(mask, idx.shape)
+        targets = self._masked_targets(self._check_targets(targets, idx.shape),
+                                       self._check_mask(mask, idx.shape))
         a = self._forward(idx)
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
-        return self._mean_loss(a["losses"], mask)
+        return self._mean_loss(a["losses"], targets)
 
     # ---- backward -----------------------------------------------------------------------------
 
@@ -442,8 +449,8 @@ class GPT:
         them only and the other positions contribute no gradient.
         """
         idx = self._check_idx(idx)
-        targets = self._check_targets(targets, idx.shape)
-        mask = self._check_mask(mask, idx.shape)
+        targets = self._masked_targets(self._check_targets(targets, idx.shape),
+                                       self._check_mask(mask, idx.shape))
         if not self._frozen:
             self._unmap()                  # training writes the weights: copy a mapped file in
         a = self._forward(idx)
@@ -451,16 +458,15 @@ class GPT:
         C, V = self.config.n_embd, self.config.vocab_size
         P, G = self._p.views, self._g.views
         ops.crossentropy_forward(a["losses"], a["logits"], targets)
-        loss = self._mean_loss(a["losses"], mask)
+        loss = self._mean_loss(a["losses"], targets)
         frozen = self._frozen
         if not accumulate and not frozen:
             self._g.flat.fill(0.0)
-        # dlogits (B,T,V) overwrites logits: (softmax - onehot) * loss_scale / (number counted)
+        # dlogits (B,T,V) overwrites logits: (softmax - onehot) * loss_scale / (number counted),
+        # rows of ignored positions 0
         dlogits = a["logits"]
-        n = B * T if mask is None else np.count_nonzero(mask)
+        n = np.count_nonzero(targets != CE_IGNORE)
         ops.crossentropy_backward(dlogits, dlogits, targets, float(loss_scale) / n)
-        if mask is not None:
-            dlogits[~mask] = 0.0
         ops.gemm(a["dC"].reshape(B * T, C), dlogits.reshape(B * T, V), P["wte.weight"])
         if not frozen:
             ops.gemm(G["wte.weight"], dlogits.reshape(B * T, V), a["ln_f"].reshape(B * T, C),

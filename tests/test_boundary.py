@@ -82,8 +82,8 @@ def test_token_ids_out_of_range(kmod):
             kmod.encoder_forward(out, np.array(bad), f32(5, 4), f32(8, 4))
     with pytest.raises(ValueError, match="targets"):
         kmod.crossentropy_forward(np.empty(2, np.float32), f32(2, 5), np.array([0, 5]))
-    with pytest.raises(ValueError, match="targets"):
-        kmod.crossentropy_backward(np.empty((2, 5), np.float32), f32(2, 5), np.array([-1, 0]), 1.0)
+    with pytest.raises(ValueError, match="targets"):      # -1 means "ignore"; -2 is wrong
+        kmod.crossentropy_backward(np.empty((2, 5), np.float32), f32(2, 5), np.array([-2, 0]), 1.0)
     with pytest.raises(ValueError, match="idx"):
         kmod.encoder_backward(f32(5, 4), f32(8, 4), f32(1, 3, 4), np.array([[0, 9, 1]]))
 

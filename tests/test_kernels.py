@@ -584,3 +584,22 @@ def test_norm_squared_same_bits_any_thread_count(cmod, rng):
     finally:
         pyllm.set_num_threads(prev)
     assert vals[0] == vals[1] == vals[2]
+
+
+def test_crossentropy_ignores_target_minus_one(kmod):
+    """Target -1: loss 0 and a zero gradient row; the other rows exactly as without it."""
+    r = np.random.default_rng(0)
+    x = r.standard_normal((5, 7)).astype(np.float32)
+    t = np.array([3, -1, 0, -1, 6])
+    losses, d = np.empty(5, np.float32), np.empty((5, 7), np.float32)
+    kmod.crossentropy_forward(losses, x, t)
+    kmod.crossentropy_backward(d, x, t, 0.5)
+    z = x.astype(np.float64)
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    for i in (0, 2, 4):
+        assert abs(losses[i] - (lse[i] - z[i, t[i]])) < 1e-5
+        p = np.exp(z[i] - lse[i])
+        p[t[i]] -= 1
+        np.testing.assert_allclose(d[i], 0.5 * p, rtol=1e-5, atol=1e-6)
+    assert losses[1] == 0 and losses[3] == 0 and np.all(d[[1, 3]] == 0)
+

@@ -56,8 +56,9 @@ def farr(name, a, dtypes, shape=None, out=False, like=None, optional=False):
     return a
 
 
-def ids(name, a, upper, shape=None):
-    """Check token ids / targets: integers in [0, upper). Returns a C-contiguous int32 array."""
+def ids(name, a, upper, shape=None, ignore=None):
+    """Check token ids / targets: integers in [0, upper), or ``ignore`` where one is allowed.
+    Returns a C-contiguous int32 array."""
     _is_array(name, a)
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
         raise TypeError("%s must be an integer array of token ids, got dtype %s" % (name, a.dtype))
@@ -65,6 +66,9 @@ def ids(name, a, upper, shape=None):
         raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), tuple(a.shape)))
     if a.size:
         lo, hi = int(a.min()), int(a.max())
+        if ignore is not None and lo == ignore:
+            kept = a[a != ignore]
+            lo = int(kept.min()) if kept.size else 0
         if lo < 0 or hi >= upper:
             bad = lo if lo < 0 else hi
             raise ValueError("%s holds id %d, outside the valid range [0, %d)" % (name, bad, upper))
@@ -304,12 +308,15 @@ def softmax_backward(dinp, dout, out, dt):
     return N, V
 
 
+CE_IGNORE = -1   # a cross-entropy target that does not count: loss 0, gradient row 0
+
+
 def crossentropy(logits, targets, dt):
     farr("logits", logits, dt)
     N, V = rows("logits", logits)
     if V < 1:
         raise ValueError("logits need a non-empty last axis")
-    targets = ids("targets", targets, V, shape=logits.shape[:-1])
+    targets = ids("targets", targets, V, shape=logits.shape[:-1], ignore=CE_IGNORE)
     return targets, N, V
 
 

@@ -160,18 +160,27 @@ def _log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+CE_IGNORE = chk.CE_IGNORE
+
+
 def crossentropy_forward(losses, logits, targets):
-    """losses (N) = logsumexp(logits (N,V)) - logits[target]."""
+    """losses (N) = logsumexp(logits (N,V)) - logits[target]; 0 where target is CE_IGNORE (-1)."""
     targets, N, V = chk.crossentropy_forward(losses, logits, targets, DT)
+    t = targets.reshape(N)
+    keep = t != CE_IGNORE
     logp = _log_softmax(logits.reshape(N, V))
-    losses.reshape(N)[...] = -logp[np.arange(N), targets.reshape(N)]
+    losses.reshape(N)[...] = np.where(keep, -logp[np.arange(N), np.where(keep, t, 0)], 0)
 
 
 def crossentropy_backward(dlogits, logits, targets, scale):
-    """dlogits (N,V) = (softmax(logits) - onehot(targets)) * scale (overwrites; may be logits)."""
+    """dlogits (N,V) = (softmax(logits) - onehot(targets)) * scale (overwrites; may be logits);
+    rows whose target is CE_IGNORE (-1) are 0."""
     targets, N, V = chk.crossentropy_backward(dlogits, logits, targets, scale, DT)
+    t = targets.reshape(N)
+    keep = t != CE_IGNORE
     p = np.exp(_log_softmax(logits.reshape(N, V)))
-    p[np.arange(N), targets.reshape(N)] -= 1.0
+    p[np.arange(N)[keep], t[keep]] -= 1.0
+    p[~keep] = 0.0
     dlogits.reshape(N, V)[...] = p * scale
 
 
