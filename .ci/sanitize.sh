@@ -27,7 +27,8 @@
 #       the C-vs-NumPy tests of tests/test_kernels.py again with the portable C kernels
 #       (pyllm_set_simd_level(0) turns off every AVX2 variant: GEMM, attention, element-wise)
 #       tests/test_model.py (C parts, except the long training test) and the resume test, and
-#       tests/test_attention_model.py (favor and linear models: forward, backward, decoding)
+#       tests/test_attention_model.py (favor and linear models: forward, backward, decoding),
+#       tests/test_lora.py and tests/test_classify.py (adapters and the classifier head)
 #       tests/test_hostile.py: its kernel, model, explorer and NaN/Inf cases (run in child processes, which
 #       inherit the sanitized environment)
 #  4. a LeakSanitizer pass limited to the C kernels: a short training run + sampling with leak
@@ -189,8 +190,9 @@ run_tests "kernel tests, portable C kernels (no AVX2)" env SANITIZE_SIMD=0 \
 run_tests "model tests (C backend) + resume" \
     "${PYTEST[@]}" tests/test_model.py -k "not training_reduces_loss and not numpy" \
     "tests/test_train.py::test_resume_equals_uninterrupted[c]"
-run_tests "favor and linear models (C backend)" \
-    "${PYTEST[@]}" tests/test_attention_model.py -k "not numpy"
+run_tests "favor and linear models, LoRA, classifier (C backend)" \
+    "${PYTEST[@]}" tests/test_attention_model.py tests/test_lora.py tests/test_classify.py \
+    -k "not numpy and not finite_differences"
 # hostile inputs through the kernels (its cases run in child processes: they inherit the set-up)
 if [ -e "$T/tests/test_hostile.py" ]; then
     run_tests "hostile-input tests that reach the kernels" \
