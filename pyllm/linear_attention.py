@@ -271,17 +271,13 @@ class RunningState:
         v = x[:, 2].reshape(B * NH, hd)
         feature_maps(self.qf, self.kf, self.kc, self.q, self.k, ka.kind,
                      ka.features[i] if ka.features else None, backend=ops)
-        kf, qf = self.kf[:, 0], self.qf[:, 0]
+        kf, grow = self.kf[:, 0], np.ones(B * NH, dtype=ka.dtype)
         if self.kc is not None:
             c = self.kc[:, 0]
             M = np.maximum(self.M[i], c)
             grow = np.exp(np.where(np.isfinite(self.M[i]), self.M[i] - M, 0))  # 1 when unchanged
-            S *= grow[:, None, None]
-            z *= grow[:, None]
             kf = kf * np.exp(c - M)[:, None]
             self.M[i] = M
-        S += kf[:, :, None] * v[:, None, :]
-        z += kf
-        den = np.maximum(np.einsum("nm,nm->n", qf, z), _spec.LINATT_DEN_MIN)
-        out = np.einsum("nm,nmh->nh", qf, S) / den[:, None].astype(ka.dtype)
+        _spec._linatt_add(S, z, kf, v, grow.astype(ka.dtype))           # the kernels' own step
+        out, _ = _spec._linatt_read(self.qf[:, 0], S, z)
         att[...] = out.reshape(B, NH * hd)

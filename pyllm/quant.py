@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .backend import numpy as _spec
 from .backend import ops
 from .backend._check import Q8_BLOCK, Q8_DECODER_LAYER
 from .model import GPT, GPTConfig, check_sampling  # noqa: F401  (check_sampling: GPT.stream)
@@ -51,8 +52,7 @@ def quantize_q8_0(w):
 
 def dequantize_q8_0(q, scales):
     """The float32 matrix (OC, C) that q (OC, C) int8 and scales (OC, ceil(C / 32)) stand for."""
-    OC, C = q.shape
-    return (q.astype(np.float32) * np.repeat(scales, Q8_BLOCK, axis=1)[:, :C]).astype(np.float32)
+    return _spec.q8_rows(q, np.asarray(scales, dtype=np.float32), slice(None))
 
 
 class Q8Matrix:
@@ -75,9 +75,7 @@ class Q8Matrix:
 
     def rows(self, idx):
         """Rows idx of W, dequantized (an embedding lookup): (..., C) float32."""
-        idx = np.asarray(idx)
-        q, s = self.q[idx], self.scales[idx]
-        return (q.astype(np.float32) * np.repeat(s, Q8_BLOCK, axis=-1)[..., :q.shape[-1]])
+        return _spec.q8_rows(self.q, self.scales, np.asarray(idx))
 
     def matmul(self, out, inp, bias=None, residual=None):
         """out (N, OC) = inp (N, C) @ W^T + bias + residual."""

@@ -410,13 +410,23 @@ def linear_attention_forward(out, den, qf, kf, v, kc=None):
     S = np.zeros((N, m, hd), dtype=qf.dtype)
     z = np.zeros((N, m), dtype=qf.dtype)
     for t in range(T):
-        S *= grow[:, t, None, None]
-        z *= grow[:, t, None]
-        k = kf[:, t] * wk[:, t, None]
-        S += k[:, :, None] * v[:, t, None, :]
-        z += k
-        den[:, t] = np.maximum(np.einsum("nm,nm->n", qf[:, t], z), LINATT_DEN_MIN)
-        out[:, t] = np.einsum("nm,nmh->nh", qf[:, t], S) / den[:, t, None]
+        _linatt_add(S, z, kf[:, t] * wk[:, t, None], v[:, t], grow[:, t])
+        out[:, t], den[:, t] = _linatt_read(qf[:, t], S, z)
+
+
+def _linatt_add(S, z, k, v, grow):
+    """One position into the running sums: S (N,m,hd), z (N,m) rescaled by grow (N), then the
+    (already weighted) key features k (N,m) with their values v (N,hd) added."""
+    S *= grow[:, None, None]
+    z *= grow[:, None]
+    S += k[:, :, None] * v[:, None, :]
+    z += k
+
+
+def _linatt_read(q, S, z):
+    """The output (N,hd) and denominator (N) of query features q (N,m) against the sums."""
+    den = np.maximum(np.einsum("nm,nm->n", q, z), LINATT_DEN_MIN).astype(q.dtype)
+    return np.einsum("nm,nmh->nh", q, S) / den[:, None], den
 
 
 def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
@@ -438,11 +448,7 @@ def linear_attention_backward(dqf, dkf, dv, dout, qf, kf, v, out, den, kc=None):
         S = np.zeros((N, m, hd), dtype=qf.dtype)
         z = np.zeros((N, m), dtype=qf.dtype)
         for t in range(T):
-            S *= grow[:, t, None, None]
-            z *= grow[:, t, None]
-            k = kf[:, t] * wk[:, t, None]
-            S += k[:, :, None] * v[:, t, None, :]
-            z += k
+            _linatt_add(S, z, kf[:, t] * wk[:, t, None], v[:, t], grow[:, t])
             dqf[:, t] += np.einsum("nmh,nh->nm", S, g[:, t]) + e[:, t, None] * z
     if dkf is None and dv is None:
         return
@@ -490,12 +496,13 @@ def q8_matmul_forward(out, inp, q, scales, bias=None, residual=None):
 
 def q8_dequantize(w, q, scales):
     """w (OC,C) = q (OC,C) * scales (OC, ceil(C/32)) repeated over each block of 32 inputs."""
-    OC, C = chk.q8_dequantize(w, q, scales, DT)
-    w[...] = np.repeat(scales, Q8_BLOCK, axis=1)[:, :C] * q.astype(w.dtype)
+    chk.q8_dequantize(w, q, scales, DT)
+    w[...] = q8_rows(q, scales, slice(None))
 
 
-def _q8_rows(q, scales, rows):
-    """Rows of a Q8_0 matrix, dequantized: (..., C)."""
+def q8_rows(q, scales, rows):
+    """Rows ``rows`` of the Q8_0 matrix (q, scales), dequantized: (..., C), each weight
+    scale * q (one product, exact in the scales' dtype)."""
     C = q.shape[1]
     return q[rows].astype(scales.dtype) * np.repeat(scales[rows], Q8_BLOCK, axis=-1)[..., :C]
 
@@ -516,7 +523,7 @@ class Q8Decoder:
     def step(self, tok, pos):
         tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
         W, h, x, x2 = self.weights, self.h, self.x, self.x2
-        x[...] = _q8_rows(W[0], W[1], tok) + _q8_rows(W[2], W[3], pos)
+        x[...] = q8_rows(W[0], W[1], tok) + q8_rows(W[2], W[3], pos)
         for i in range(self.L):
             w = W[4 + 16 * i:20 + 16 * i]
             layernorm_forward(h, None, None, x, w[0], w[1])
