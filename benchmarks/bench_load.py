@@ -39,6 +39,16 @@ print(json.dumps({"load_s": load_s, "rss_before": r0, "rss_after_load": r1, "pea
 """
 
 
+def run_child(code, *args):
+    """Run Python ``code`` in a fresh process (this checkout's pyllm first on its path) with
+    ``args``; returns the JSON object its last output line holds."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=None, help="where the model files go (default: a temp dir)")
@@ -64,14 +74,10 @@ def main(argv=None):
     print("pyllm %s: %s, %d sampled tokens; files %.1f MB (float32), %.1f MB (int8)"
           % (pyllm.__version__, shape, args.tokens, os.path.getsize(f32) / 1e6,
              os.path.getsize(q8) / 1e6))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     res = {}
     for name, path, mmap in (("float32 read", f32, 0), ("float32 mmap", f32, 1),
                              ("int8 read", q8, 0), ("int8 mmap", q8, 1)):
-        out = subprocess.run([sys.executable, "-c", CHILD, path, str(mmap), str(args.tokens)],
-                             capture_output=True, text=True, env=env, check=True).stdout
-        r = res[name] = json.loads(out.strip().splitlines()[-1])
+        r = res[name] = run_child(CHILD, path, mmap, args.tokens)
         print("%-13s load %7.3f s | resident after load +%7.1f MB | peak with sampling %7.1f MB"
               % (name, r["load_s"], r["rss_after_load"] - r["rss_before"], r["peak"]))
     print("int8 mmap peak / float32 read peak = %.2f (target < 0.40)"

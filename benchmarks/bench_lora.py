@@ -11,11 +11,9 @@ peak resident memory (VmHWM), and their ratios, LoRA over full.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench_load import run_child  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 CHILD = r"""
 import json, sys, time
@@ -55,16 +53,12 @@ def main(argv=None):
              else dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
     if args.quick:
         args.steps, args.batch, args.tokens = 3, 2, 32
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     print("LoRA rank 8 (the four targets) vs full finetuning: %s, batch %d x %d tokens, median "
           "of %d steps" % (shape, args.batch, args.tokens, args.steps))
     res = {}
     for mode in ("full", "lora"):
-        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(shape), mode,
-                              str(args.batch), str(args.tokens), str(args.steps)],
-                             capture_output=True, text=True, env=env, check=True).stdout
-        r = res[mode] = json.loads(out.strip().splitlines()[-1])
+        r = res[mode] = run_child(CHILD, json.dumps(shape), mode, args.batch, args.tokens,
+                                  args.steps)
         print("%-5s step %7.3f s | peak memory %8.1f MB | trained numbers %s"
               % (mode, r["step_s"], r["peak_mb"], format(r["trained"], ",")))
     print("lora / full: step time %.2f (target <= 0.7), peak memory %.2f (target <= 0.6)"

@@ -18,12 +18,10 @@ What trains besides the head (``finetune``):
 ``pyllm.AdamW(clf)`` and ``pyllm.clip_grad_norm(clf.grads, ...)`` train it as they train a model:
 ``clf.param_groups()`` lists the arrays that train, ``clf.grads`` their gradients by name.
 """
-import math
 import warnings
 
 import numpy as np
 
-from .backend import ops
 from .lora import LoRA
 from .model import GPT
 
@@ -57,6 +55,7 @@ class Classifier:
         self.lora = LoRA(model, rank=rank, alpha=alpha, seed=seed) if finetune == "lora" else None
         if finetune != "lora" and getattr(model, "mapped", False):
             model._unmap()
+        self.grads = self._grads()
 
     # ---- what trains ----------------------------------------------------------------------
 
@@ -81,9 +80,9 @@ class Classifier:
             groups.append((sd[name], g[name], sd[name].ndim >= 2))
         return groups
 
-    @property
-    def grads(self):
-        """The gradients by name (views): the head's, then the adapters' or the model's."""
+    def _grads(self):
+        """The gradients by name (views, built once as ``self.grads``): the head's, then the
+        adapters' or the model's."""
         out = dict(self.head_grads)
         if self.lora is not None:
             out.update(self.lora.grads)
@@ -192,12 +191,10 @@ class Classifier:
             dz = p
             dz[np.arange(B), y] -= 1.0
             dz = (dz / B).astype(m.dtype)                                   # (B,K)
+            for _, g, _ in self.param_groups():       # what trains, and nothing else: the
+                g.fill(0.0)                           # model's frozen part is never touched
             self.head_grads["head.weight"][...] = h.T @ dz
             self.head_grads["head.bias"][...] = dz.sum(axis=0)
-            if self.lora is not None:
-                self.lora._g.flat.fill(0.0)
-            else:
-                m._g.flat.fill(0.0)
             dC = a["dC"]
             dC.fill(0.0)
             dC[np.arange(B), last] = dz @ self.head_weight.T

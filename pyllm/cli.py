@@ -133,16 +133,6 @@ def _check_sampling_args(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
 
 
-def end_token(tokenizer):
-    """The id of ``<|endoftext|>`` when the tokenizer has it as one token, else None."""
-    from .tokenizer import EOT_TOKEN, BPETokenizer
-    if isinstance(tokenizer, BPETokenizer):
-        ids = tokenizer.encode(EOT_TOKEN)
-        if len(ids) == 1:
-            return ids[0]
-    return None
-
-
 def _stream_sample(model, tokenizer, prompt, args, use_cache=True, echo=True, stop=None):
     """Print prompt (unless ``echo`` is False) + sampled text, decoding incrementally as tokens
     arrive; sampling ends early at the token id ``stop``, which is not printed."""
@@ -266,7 +256,7 @@ def cmd_sample(args):
     if args.instruction is not None:
         if args.prompt is not None:
             raise ValueError("give --prompt or --instruction, not both")
-        from .finetune import format_instruction
+        from .finetune import end_token, format_instruction
         prompt = format_instruction({"instruction": args.instruction, "input": args.input or ""})
         _stream_sample(model, tokenizer, prompt, args, use_cache=not args.no_cache, echo=False,
                        stop=end_token(tokenizer))

@@ -18,21 +18,37 @@ def add_parsers(sub, add_model_source, add_backend_args):
     c.add_argument("--train", required=True, help="CSV (text,label) or JSONL ({text, label})")
     c.add_argument("--val", required=True, help="the same, for validation")
     c.add_argument("--test", default=None, help="the same, scored once at the end")
-    c.add_argument("--finetune", choices=["lora", "last_block", "all"], default="lora")
-    c.add_argument("--rank", type=int, default=8)
-    c.add_argument("--alpha", type=float, default=16)
-    c.add_argument("--epochs", type=int, default=3)
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--lr", type=float, default=None,
-                   help="default: 1e-3 for lora, 5e-5 otherwise")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", required=True, help="directory for the classifier")
+    _training_args(c, ["lora", "last_block", "all"], 3, "directory for the classifier")
     add_backend_args(c)
     add_instruct_parser(fsub, add_model_source, add_backend_args)
     k = sub.add_parser("classify", help="label a text with a classifier from `finetune classify`")
     k.add_argument("--ckpt", required=True, help="the classifier's directory")
     k.add_argument("text", help="the text to classify")
     add_backend_args(k)
+
+
+def _training_args(p, modes, epochs, out_help):
+    """The settings both finetuning commands take."""
+    p.add_argument("--finetune", choices=modes, default="lora")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: 1e-3 for lora, 5e-5 otherwise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def _optimizer(trained, args):
+    """AdamW for what trains: lr 1e-3 and no weight decay for adapters, 5e-5 and 0.1 for model
+    weights, unless --lr says otherwise."""
+    import pyllm
+    if args.epochs < 1 or args.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be >= 1")
+    lora = args.finetune == "lora"
+    lr = args.lr if args.lr is not None else (1e-3 if lora else 5e-5)
+    return pyllm.AdamW(trained, lr=lr, weight_decay=0.0 if lora else 0.1)
 
 
 def _encode(tokenizer, texts, path):
@@ -61,8 +77,6 @@ def cmd_finetune(args):
     import pyllm
     from .classify import Classifier, read_labelled_texts
     from .cli import load_model_and_tokenizer
-    if args.epochs < 1 or args.batch_size < 1:
-        raise ValueError("--epochs and --batch-size must be >= 1")
     data = {}
     for split in ("train", "val", "test"):
         path = getattr(args, split)
@@ -79,8 +93,7 @@ def cmd_finetune(args):
             for s, (path, texts, lab) in data.items()}
     clf = Classifier(model, len(names), finetune=args.finetune, rank=args.rank,
                      alpha=args.alpha, seed=args.seed)
-    lr = args.lr if args.lr is not None else (1e-3 if args.finetune == "lora" else 5e-5)
-    opt = pyllm.AdamW(clf, lr=lr, weight_decay=0.0 if args.finetune == "lora" else 0.1)
+    opt = _optimizer(clf, args)
     seqs, y = sets["train"]
     rng = np.random.default_rng(args.seed)
     print("classes: %s; %d training examples; %s numbers train (finetune=%s)"
@@ -133,15 +146,7 @@ def add_instruct_parser(fsub, add_model_source, add_backend_args):
     i.add_argument("--data", required=True, help="a JSON list (or JSONL) of {instruction, input, "
                    "output} objects")
     i.add_argument("--val-fraction", type=float, default=0.1)
-    i.add_argument("--finetune", choices=["lora", "all"], default="lora")
-    i.add_argument("--rank", type=int, default=8)
-    i.add_argument("--alpha", type=float, default=16)
-    i.add_argument("--epochs", type=int, default=2)
-    i.add_argument("--batch-size", type=int, default=8)
-    i.add_argument("--lr", type=float, default=None,
-                   help="default: 1e-3 for lora, 5e-5 for all")
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--out", required=True, help="directory for the finetuned model")
+    _training_args(i, ["lora", "all"], 2, "directory for the finetuned model")
     add_backend_args(i)
 
 
@@ -174,8 +179,8 @@ def read_instructions(path):
 
 def cmd_instruct(args):
     import pyllm
-    from .cli import end_token, load_model_and_tokenizer
-    from .finetune import instruction_batch
+    from .cli import load_model_and_tokenizer
+    from .finetune import end_token, instruction_batch
     data = read_instructions(args.data)
     if not 0 <= args.val_fraction < 1:
         raise ValueError("--val-fraction must be in [0, 1)")
@@ -189,8 +194,7 @@ def cmd_instruct(args):
     end, bs = end_token(tok), model.config.block_size
     trained = pyllm.LoRA(model, rank=args.rank, alpha=args.alpha, seed=args.seed) \
         if args.finetune == "lora" else model
-    lr = args.lr if args.lr is not None else (1e-3 if args.finetune == "lora" else 5e-5)
-    opt = pyllm.AdamW(trained, lr=lr, weight_decay=0.0 if args.finetune == "lora" else 0.1)
+    opt = _optimizer(trained, args)
     print("%d training and %d validation entries; %s numbers train (finetune=%s)"
           % (len(train), len(val), format(int(trained.params.size), ","), args.finetune),
           file=sys.stderr)

@@ -14,6 +14,8 @@ mask=mask)`` (or a LoRA's) then learns the responses only, never the prompt or t
 """
 import numpy as np
 
+from .tokenizer import EOT_TOKEN, BPETokenizer
+
 PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately "
             "completes the request.")
 
@@ -80,3 +82,12 @@ def instruction_batch(tokenizer, entries, block_size, pad_id=0, end_id=None):
         x[b, :n], y[b, :n] = seq[:-1], seq[1:]
         mask[b, len(p) - 1:n] = True        # targets seq[len(p):]: the output (and end token)
     return x, y, mask
+
+
+def end_token(tokenizer):
+    """The id of ``<|endoftext|>`` when the tokenizer has it as one token, else None."""
+    if isinstance(tokenizer, BPETokenizer):
+        ids = tokenizer.encode(EOT_TOKEN)
+        if len(ids) == 1:
+            return ids[0]
+    return None

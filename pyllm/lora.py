@@ -15,6 +15,7 @@ weights are never written -- no gradient and no optimizer state for them. The mo
 forward and backward with the adapters hooked into its four linear layers, carrying dx through
 the frozen weights to the adapters below.
 """
+import contextlib
 import hashlib
 import json
 import math
@@ -136,19 +137,17 @@ class LoRA:
 
     # ---- the model with its adapters ------------------------------------------------------
 
+    @contextlib.contextmanager
     def _attached(self):
-        lora = self
-
-        class _On:
-            def __enter__(self):
-                m = lora.model
-                if m._adapters is not None:
-                    raise RuntimeError("the model already has adapters attached")
-                m._adapters, m._frozen = lora, True
-
-            def __exit__(self, *exc):
-                lora.model._adapters, lora.model._frozen = None, False
-        return _On()
+        """The model with these adapters hooked in and its own weights frozen, for the body."""
+        m = self.model
+        if m._adapters is not None:
+            raise RuntimeError("the model already has adapters attached")
+        m._adapters, m._frozen = self, True
+        try:
+            yield
+        finally:
+            m._adapters, m._frozen = None, False
 
     def forward(self, idx):
         """Logits (B, T, vocab_size) of the adapted model (see :meth:`GPT.forward`)."""

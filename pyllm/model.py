@@ -16,7 +16,7 @@ hd = C // NH, V = vocab_size, L = n_layer.
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

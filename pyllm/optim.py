@@ -53,13 +53,10 @@ class AdamW:
         names and shapes of ``model.state_dict()``; ``None`` means the model's own gradients)."""
         self._validate()
         model = self.model
-        if self._groups is not None and grads is not None:
+        if self._groups is not None and grads is not None and grads is not model.grads:
             # the gradients are read where loss_and_grads wrote them: refuse anything else
-            own = [g for _, g, _ in self._groups]
-            if not isinstance(grads, dict) or not all(
-                    any(np.may_share_memory(v, g) for g in own) for v in grads.values()):
-                raise ValueError("step() takes the gradients of model.loss_and_grads (its "
-                                 ".grads) or None")
+            raise ValueError("step() takes the gradients of model.loss_and_grads (its .grads) "
+                             "or None")
         if grads is not None and self._groups is None and not _is_slab_grads(model, grads):
             if not isinstance(grads, dict):
                 raise TypeError("grads must be a dict of arrays, got %s" % type(grads).__name__)

@@ -25,7 +25,7 @@ import numpy as np
 from .backend import numpy as _spec
 from .backend import ops
 from .backend._check import Q8_BLOCK, Q8_DECODER_LAYER
-from .model import GPT, GPTConfig, check_sampling  # noqa: F401  (check_sampling: GPT.stream)
+from .model import GPT
 
 Q8_FORMAT = "pyllm-q8_0"
 Q8_FORMAT_VERSION = 1

@@ -11,7 +11,7 @@ import pytest
 import pyllm
 from pyllm.backend import backend_module
 from pyllm.checkpoint import CheckpointError
-from pyllm.quant import Q8Matrix, dequantize_q8_0, quantize, quantize_q8_0
+from pyllm.quant import dequantize_q8_0, quantize, quantize_q8_0
 from pyllm.tensorfile import load_safetensors, save_safetensors
 
 from conftest import need_c

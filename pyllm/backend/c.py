@@ -154,28 +154,32 @@ def attention_decode(out, kcache, vcache, qkv, pos, n_head):
 
 # ---- decoding --------------------------------------------------------------------------------
 
-class Decoder:
-    """The NumPy backend's Decoder in one C call per step (``gpt_decode_step`` in decode.c).
-
-    The arrays are checked and their pointers taken once, here; each step checks only tok and pos.
-    """
+class _Decoder:
+    """Sampling's one-token step in one C call: the arrays are checked and their pointers taken
+    once, here; each step checks only tok and pos. Subclasses name the check, the C function,
+    its scratch (floats per B C) and how to point at a weight."""
 
     def __init__(self, weights, cache, n_head):
-        B, maxT, V, C, NH, L = chk.decoder(weights, cache, n_head, DT)
+        B, maxT, V, C, NH, L = self._check(weights, cache, n_head, DT)
         self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
         self.weights, self.cache = list(weights), cache
         self.logits = np.zeros((B, V), dtype=np.float32)
-        self._scratch = np.zeros(15 * B * C, dtype=np.float32)
-        self._keep = [_f(w) for w in self.weights]         # keeps the buffers alive
-        self._wptrs = ffi.new("float *[]", self._keep)
+        self._scratch = np.zeros(self._scratch_per_bc * B * C, dtype=np.float32)
+        self._keep = [self._pointer(w) for w in self.weights]  # keeps the buffers alive
+        self._wptrs = ffi.new(self._ptr_array, self._keep)
         self._args = (_f(self.logits), _f(cache), _f(self._scratch))
 
     def step(self, tok, pos):
         tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
-        _ok("gpt_decode_step", lib.gpt_decode_step(*self._args, _i(tok), self._wptrs, self.B,
-                                                   pos, self.maxT, self.V, self.C, self.NH,
-                                                   self.L))
+        _ok(self._name, getattr(lib, self._name)(*self._args, _i(tok), self._wptrs, self.B, pos,
+                                                 self.maxT, self.V, self.C, self.NH, self.L))
         return self.logits
+
+
+class Decoder(_Decoder):
+    """The NumPy backend's Decoder in one C call per step (``gpt_decode_step`` in decode.c)."""
+    _check, _name = staticmethod(chk.decoder), "gpt_decode_step"
+    _scratch_per_bc, _ptr_array, _pointer = 15, "float *[]", staticmethod(_f)
 
 
 # ---- linear attention ------------------------------------------------------------------------
@@ -233,25 +237,14 @@ def q8_dequantize(w, q, scales):
                                            OC, C))
 
 
-class Q8Decoder:
+class Q8Decoder(_Decoder):
     """The NumPy backend's Q8Decoder in one C call per step (``q8_decode_step`` in quant.c)."""
+    _check, _name = staticmethod(chk.q8_decoder), "q8_decode_step"
+    _scratch_per_bc, _ptr_array = 16, "void *[]"
 
-    def __init__(self, weights, cache, n_head):
-        B, maxT, V, C, NH, L = chk.q8_decoder(weights, cache, n_head, DT)
-        self.B, self.maxT, self.V, self.C, self.NH, self.L = B, maxT, V, C, NH, L
-        self.weights, self.cache = list(weights), cache
-        self.logits = np.zeros((B, V), dtype=np.float32)
-        self._scratch = np.zeros(16 * B * C, dtype=np.float32)
-        self._keep = [ffi.from_buffer("int8_t[]" if w.dtype == np.int8 else "float[]", w)
-                      for w in self.weights]                   # keeps the buffers alive
-        self._wptrs = ffi.new("void *[]", self._keep)
-        self._args = (_f(self.logits), _f(cache), _f(self._scratch))
-
-    def step(self, tok, pos):
-        tok, pos = chk.decode_step(tok, pos, self.B, self.V, self.maxT)
-        _ok("q8_decode_step", lib.q8_decode_step(*self._args, _i(tok), self._wptrs, self.B, pos,
-                                                 self.maxT, self.V, self.C, self.NH, self.L))
-        return self.logits
+    @staticmethod
+    def _pointer(w):
+        return ffi.from_buffer("int8_t[]" if w.dtype == np.int8 else "float[]", w)
 
 
 # ---- optimizer -------------------------------------------------------------------------------
