@@ -10,7 +10,8 @@ Public names::
     load, load_gpt2, CheckpointError      model files and Hugging Face GPT-2 (pyllm.checkpoint)
     CharTokenizer, BPETokenizer, load_tokenizer   tokenizers (pyllm.tokenizer)
     get_backend, set_backend, available_backends, backend_reason, BackendUnavailable,
-    get_num_threads, set_num_threads     backend choice (pyllm.backend)
+    get_num_threads, set_num_threads,
+    get_simd, set_simd, available_simd   backend choice, threads, SIMD level (pyllm.backend)
     quantize, QuantizedGPT               int8 (Q8_0) inference models (pyllm.quant)
     LoRA                                 low-rank adapters for finetuning (pyllm.lora)
     format_instruction, instruction_batch    instruction data (pyllm.finetune)
@@ -20,8 +21,9 @@ Public names::
 """
 __version__ = "0.1.0"
 
-from .backend import (BackendUnavailable, available_backends, backend_reason, get_backend,
-                      get_num_threads, set_backend, set_num_threads)
+from .backend import (BackendUnavailable, available_backends, available_simd, backend_reason,
+                      get_backend, get_num_threads, get_simd, set_backend, set_num_threads,
+                      set_simd)
 from .checkpoint import CheckpointError, load, load_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
@@ -34,6 +36,7 @@ from . import explore  # noqa: E402 (after the model it works on)
 
 __all__ = ["__version__", "BackendUnavailable", "available_backends", "backend_reason",
            "get_backend", "get_num_threads", "set_backend", "set_num_threads",
+           "available_simd", "get_simd", "set_simd",
            "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr",
            "CheckpointError", "load", "load_gpt2", "QuantizedGPT", "quantize", "LoRA",
            "format_instruction", "instruction_batch", "Classifier",

@@ -45,6 +45,22 @@ def kmod(request):
     return backend_module(request.param)
 
 
+@pytest.fixture(params=pyllm.backend.SIMD_LEVELS)
+def simd(request):
+    """Run the test once per SIMD level of the C kernels (portable C, AVX2+FMA, ...), forced with
+    pyllm.set_simd and restored afterwards. A level this CPU lacks is skipped; without the C
+    backend the test skips (or fails under PYLLM_REQUIRE_C=1)."""
+    need_c()
+    if request.param not in pyllm.available_simd():
+        pytest.skip("SIMD level %s is not available on this CPU" % request.param)
+    prev = pyllm.get_simd()
+    pyllm.set_simd(request.param)
+    try:
+        yield request.param
+    finally:
+        pyllm.set_simd(prev)
+
+
 @pytest.fixture
 def cmod():
     need_c()

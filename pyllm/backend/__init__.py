@@ -7,6 +7,9 @@ the extension imports and otherwise warns once, naming the reason, and uses NumP
 ``ops`` is the object the rest of pyllm calls kernels through (``ops.layernorm_forward(...)``); it
 forwards to whichever backend is current. Threads: ``PYLLM_NUM_THREADS``, else
 ``OMP_NUM_THREADS``, else the number of CPUs this process may use.
+
+SIMD: the C kernels pick the best instruction set the CPU offers at run time; ``PYLLM_SIMD=
+portable|avx2|auto`` or :func:`set_simd` forces one (the tests compare every level with NumPy).
 """
 import os
 import warnings
@@ -118,6 +121,50 @@ def _default_threads():
     return _cpu_count()
 
 
+# The C kernels' instruction-set levels, by the number csrc/matmul.c's pyllm_set_simd_level takes.
+SIMD_LEVELS = ("portable", "avx2")
+_SIMD_HELP = {"portable": "portable C (any CPU)", "avx2": "AVX2+FMA micro-kernels (x86-64)"}
+
+
+def available_simd():
+    """The SIMD levels the C kernels can run at on this CPU, lowest first (``()`` without C)."""
+    if _c_backend is None:
+        return ()
+    current = _c_backend.simd_level()
+    best = _c_backend.set_simd_level(len(SIMD_LEVELS) - 1)
+    _c_backend.set_simd_level(current)
+    return SIMD_LEVELS[:best + 1]
+
+
+def get_simd():
+    """The SIMD level the C kernels use now: ``"portable"`` or ``"avx2"`` (``None`` without C)."""
+    return None if _c_backend is None else SIMD_LEVELS[_c_backend.simd_level()]
+
+
+def set_simd(level):
+    """Force the C kernels' instruction set: ``"portable"``, ``"avx2"``, or ``"auto"`` (the best
+    this CPU offers, the default). Results agree across levels to rounding (each level is tested
+    against the NumPy specification); a given level gives the same bits for any thread count.
+    Returns the level now in use. Raises ValueError for a level this CPU or build lacks."""
+    if not isinstance(level, str):
+        raise TypeError("SIMD level must be a str, got %s" % type(level).__name__)
+    name = level.strip().lower()
+    if name not in SIMD_LEVELS + ("auto",):
+        raise ValueError("unknown SIMD level %r; choose one of 'auto', %s"
+                         % (level, ", ".join(repr(v) for v in SIMD_LEVELS)))
+    if _c_backend is None:
+        raise BackendUnavailable("SIMD levels belong to the C kernels, which are unavailable "
+                                 "here (%s)" % _c_error)
+    offered = available_simd()
+    if name == "auto":
+        name = offered[-1]
+    elif name not in offered:
+        raise ValueError("SIMD level %r is not available on this CPU or build (available: %s); "
+                         "use 'auto' for the best one" % (name, ", ".join(offered)))
+    _c_backend.set_simd_level(SIMD_LEVELS.index(name))
+    return name
+
+
 def _module():
     return _c_backend if _state["name"] == "c" else _numpy_backend
 
@@ -165,3 +212,8 @@ def backend_module(name):
 
 set_backend(os.environ.get("PYLLM_BACKEND", "auto") or "auto")
 set_num_threads(_default_threads())
+if _c_backend is not None and os.environ.get("PYLLM_SIMD", "").strip():
+    try:
+        set_simd(os.environ["PYLLM_SIMD"])
+    except ValueError as exc:
+        raise ValueError("PYLLM_SIMD: %s" % exc) from None

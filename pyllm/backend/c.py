@@ -290,4 +290,11 @@ def set_num_threads(n):
 
 
 def simd_level():
+    """The SIMD level in use: 0 portable C, 1 AVX2+FMA (see pyllm.backend.SIMD_LEVELS)."""
     return int(lib.pyllm_simd_level())
+
+
+def set_simd_level(level):
+    """Ask for SIMD level ``level`` (an int); returns the level granted (lower when the CPU
+    lacks it)."""
+    return int(lib.pyllm_set_simd_level(int(level)))
