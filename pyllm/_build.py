@@ -9,6 +9,7 @@ build single-threaded and a warning says so). Never ``-Ofast``; ``-march=native`
 ``PYLLM_NATIVE=1``. ``PYLLM_NO_OPENMP=1`` skips OpenMP on purpose. Extra flags can be passed with
 ``PYLLM_CFLAGS``. This file must not import pyllm: it runs before pyllm is installed.
 """
+import importlib.util
 import os
 import shlex
 import sys
@@ -100,13 +101,24 @@ def build_flags():
     return cargs, largs, name, omp is not None
 
 
+def _source_hash():
+    """csrc/'s fingerprint, by pyllm/_srchash.py loaded on its own (pyllm is not importable yet)."""
+    spec = importlib.util.spec_from_file_location(
+        "_pyllm_srchash", os.path.join(ROOT, "pyllm", "_srchash.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.source_hash(CSRC)
+
+
 def make_ffibuilder():
     """Configure and return the cffi FFI builder for ``pyllm._ckernels``."""
     cargs, largs, name, omp = build_flags()
     info = "compiler: %s; flags: %s; openmp: %s; python: %s" % (
-        name, " ".join(cargs + largs), "yes" if omp else "no", sys.version.split()[0])
+        name, " ".join(dict.fromkeys(cargs + largs)), "yes" if omp else "no",
+        sys.version.split()[0])  # each flag once (-fopenmp is both a compile and a link flag)
     builder = FFI()
-    builder.cdef(read_cdef() + "\nconst char *pyllm_build_info(void);\n")
+    builder.cdef(read_cdef() + "\nconst char *pyllm_build_info(void);\n"
+                 "const char *pyllm_source_hash(void);\n")
     cwd = os.getcwd()
     sources = sorted(os.path.relpath(os.path.join(CSRC, f), cwd)
                      for f in os.listdir(CSRC) if f.endswith(".c"))
@@ -115,7 +127,8 @@ def make_ffibuilder():
         "pyllm._ckernels",
         '#include "pyllm.h"\n'
         'static const char pyllm_build_info_str[] = "%s";\n'
-        "const char *pyllm_build_info(void) { return pyllm_build_info_str; }\n" % literal,
+        "const char *pyllm_build_info(void) { return pyllm_build_info_str; }\n"
+        "const char *pyllm_source_hash(void) { return \"%s\"; }\n" % (literal, _source_hash()),
         sources=sources,
         include_dirs=[os.path.relpath(CSRC, cwd)],
         extra_compile_args=cargs,

@@ -328,9 +328,10 @@ def cmd_info(args):
     else:
         c = backend_module("c")
         print("C extension: %s" % c.build_info())
-        print("OpenMP: %s, threads: %d; SIMD micro-kernels: %s" % (
-            "yes" if c.has_openmp() else "no", pyllm.get_num_threads(),
-            "AVX2+FMA" if c.simd_level() else "portable C"))
+        print("C sources: %s" % describe_sources(c.source_hash()))
+        print("OpenMP: %s, threads: %d; SIMD level: %s (available: %s; force one with "
+              "PYLLM_SIMD)" % ("yes" if c.has_openmp() else "no", pyllm.get_num_threads(),
+                               pyllm.get_simd(), ", ".join(pyllm.available_simd())))
         worst = 0.0
         for name, err in self_test():
             worst = max(worst, err)
@@ -341,6 +342,22 @@ def cmd_info(args):
     if args.ckpt:
         describe_model(pyllm.load(args.ckpt), args.ckpt)
     return 0
+
+
+def describe_sources(built, csrc=None):
+    """The extension's source fingerprint and, in a source checkout (or for ``csrc``), whether
+    those C sources still match it (a mismatch means an editable install whose extension is
+    older than its C sources)."""
+    from ._srchash import source_hash
+    if csrc is None:
+        csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    if not os.path.isfile(os.path.join(csrc, "pyllm.h")):
+        return "sha256 %s" % built[:16]
+    tree = source_hash(csrc)
+    if tree == built:
+        return "sha256 %s (matches %s)" % (built[:16], csrc)
+    return ("sha256 %s, but %s is now %s: the extension is stale; rebuild it with "
+            "`pip install -e .`" % (built[:16], csrc, tree[:16]))
 
 
 def describe_model(model, where):

@@ -277,6 +277,11 @@ def build_info():
     return ffi.string(lib.pyllm_build_info()).decode()
 
 
+def source_hash():
+    """The fingerprint of the csrc/ files the extension was built from (pyllm._srchash)."""
+    return ffi.string(lib.pyllm_source_hash()).decode()
+
+
 def has_openmp():
     return bool(lib.pyllm_has_openmp())
 
