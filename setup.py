@@ -56,8 +56,11 @@ setup(
     package_data={"pyllm.viewer": ["*.html", "*.css", "*.js"]},  # the viewer's page template
     install_requires=["numpy>=1.21", "cffi>=1.15"],
     setup_requires=["cffi>=1.15"],
-    # setuptools + wheel: the fallback test builds without build isolation (no network)
-    extras_require={"test": ["pytest", "hypothesis", "setuptools", "wheel"]},
+    # setuptools + wheel: the fallback test builds without build isolation (no network);
+    # safetensors, regex, hypothesis and ml_dtypes are the tests' independent oracles
+    # (tests/conftest.py ORACLES: CI fails when a test skips for want of one)
+    extras_require={"test": ["pytest", "hypothesis", "setuptools", "wheel", "safetensors",
+                             "regex", "ml_dtypes"]},
     cffi_modules=["pyllm/_build.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext},
     entry_points={"console_scripts": ["pyllm=pyllm.cli:main"]},

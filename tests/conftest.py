@@ -1,5 +1,8 @@
 """Shared fixtures: run tests on every backend; PYLLM_REQUIRE_C=1 turns a missing C backend into a
-failure instead of a skip (CI sets it)."""
+failure instead of a skip, and PYLLM_REQUIRE_ORACLES=1 does the same for a test that skips because
+one of the independent libraries it checks against (ORACLES, the `test` extra) is missing (CI sets
+both; on a user's machine such skips stay skips). Hypothesis runs derandomized, with no example
+database, so a run is repeatable and writes no .hypothesis/ directory into the tree."""
 import os
 
 # OpenMP threads that spin while they wait make a 2-core machine crawl when tests run child
@@ -13,6 +16,34 @@ import pyllm  # noqa: E402
 from pyllm.backend import backend_module, c_unavailable_reason
 
 REQUIRE_C = os.environ.get("PYLLM_REQUIRE_C") == "1"
+REQUIRE_ORACLES = os.environ.get("PYLLM_REQUIRE_ORACLES") == "1"
+# The independent implementations the tests compare against, installed by the `test` extra
+# (setup.py): a test that skips for want of one fails under PYLLM_REQUIRE_ORACLES=1.
+ORACLES = ("safetensors", "regex", "hypothesis", "ml_dtypes")
+
+try:
+    from hypothesis import settings as _hyp_settings
+except ImportError:
+    pass
+else:
+    _hyp_settings.register_profile("pyllm", derandomize=True, database=None)
+    _hyp_settings.load_profile("pyllm")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under PYLLM_REQUIRE_ORACLES=1, a skip whose reason names a missing oracle is a failure."""
+    outcome = yield
+    rep = outcome.get_result()
+    if not (REQUIRE_ORACLES and rep.skipped):
+        return
+    reason = str(rep.longrepr[-1] if isinstance(rep.longrepr, tuple) else rep.longrepr)
+    missing = [m for m in ORACLES if m in reason]
+    if missing:
+        rep.outcome = "failed"
+        rep.longrepr = ("PYLLM_REQUIRE_ORACLES=1: this test skipped for want of the oracle %s "
+                        "(%s); install the test extra: pip install -e '.[test]'"
+                        % (", ".join(missing), reason))
 
 
 def need_c():
