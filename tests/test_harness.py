@@ -24,7 +24,7 @@ def run_probe(tmp_path, require):
     (tmp_path / "test_probe.py").write_text(PROBE)
     (tmp_path / "conftest.py").write_text(open(os.path.join(HERE, "conftest.py")).read())
     env = dict(os.environ, PYLLM_REQUIRE_ORACLES="1" if require else "0")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
                         str(tmp_path)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     return r.stdout.splitlines()[-1], r.stdout
 
