@@ -165,3 +165,13 @@ def test_bench_lora_quick_reports_both_ways():
                            r"trained numbers ([\d,]+)$", out, re.M))
     assert rows == {"full": "120,576", "lora": "16,384"}, out
     assert re.search(r"lora / full: step time [\d.]+ \(target <= 0.7\), peak memory [\d.]+", out)
+
+
+def test_bench_distributed_quick_reports_both_layouts():
+    pytest.importorskip("mpi4py")
+    out = run_bench("bench_distributed.py")
+    one = re.search(r"quick\s+1 rank x 2 thr\s+([\d,]+)\s+\(", out)
+    two = re.search(r"quick\s+2 ranks x 1 thr\s+([\d,]+)\s+\(.*\)\s+([\d.]+)%", out)
+    assert one and two, out
+    assert 0 < float(two.group(2)) < 100
+    assert re.search(r"2 ranks / 1 rank: [\d.]+x .* gradient slab [\d.]+ MB", out)
