@@ -63,11 +63,12 @@ class AdamW:
             views = model.grads
             if set(grads) != set(views):
                 raise ValueError("grads must have exactly the parameter names of the model")
-            for name, g in grads.items():
-                g = np.asarray(g)
+            arrays = {name: np.asarray(g) for name, g in grads.items()}
+            for name, g in arrays.items():   # every shape checked before anything is copied
                 if g.shape != views[name].shape:
                     raise ValueError("grads[%r] has shape %s, expected %s"
                                      % (name, g.shape, views[name].shape))
+            for name, g in arrays.items():
                 views[name][...] = g
         self.t += 1
         b1, b2 = self.betas

@@ -23,10 +23,15 @@ REQUIRE_ORACLES = os.environ.get("PYLLM_REQUIRE_ORACLES") == "1"
 ORACLES = ("safetensors", "regex", "hypothesis", "ml_dtypes", "mpi4py")
 
 try:
+    import hypothesis.configuration
     from hypothesis import settings as _hyp_settings
 except ImportError:
     pass
 else:
+    import tempfile
+    # its other files (e.g. constants/) go to a temporary directory, not .hypothesis/ in the tree
+    hypothesis.configuration.set_hypothesis_home_dir(
+        os.path.join(tempfile.gettempdir(), "pyllm-tests-hypothesis"))
     _hyp_settings.register_profile("pyllm", derandomize=True, database=None)
     _hyp_settings.load_profile("pyllm")
 

@@ -1,8 +1,10 @@
 """The boundary: every bad-input class raises the documented exception, on both backends, before
 anything reaches C; and backend / thread selection behaves as documented."""
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -36,8 +38,12 @@ def test_c_rejects_float64(cmod):
 
 
 def test_mixed_float_dtypes_rejected(kmod):
-    with pytest.raises(TypeError):
-        kmod.residual_forward(np.empty(3, np.float32), np.ones(3, np.float32), np.ones(3))
+    out = np.full(3, 7.0, np.float32)
+    # NumPy: "inp2 has dtype float64 but the other arrays are float32"; C: "inp2 must have dtype
+    # float32, got float64" -- either way the message names the argument and its dtype
+    with pytest.raises(TypeError, match="inp2 (has|must have) dtype .*float64"):
+        kmod.residual_forward(out, np.ones(3, np.float32), np.ones(3))
+    assert np.all(out == 7.0)
 
 
 def test_non_contiguous_raises(kmod):
@@ -64,15 +70,28 @@ def test_wrong_shape_raises(kmod):
         kmod.softmax_forward(np.empty((), np.float32), np.zeros((), np.float32))
 
 
+def gelu_reference(x):
+    """GELU's tanh approximation (GPT-2's), in float64."""
+    x = x.astype(np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
 def test_read_only_output_raises(kmod):
-    out = np.empty(5, np.float32)
+    out = np.full(5, 7.0, np.float32)
     out.setflags(write=False)
-    with pytest.raises(ValueError, match="read-only"):
+    with pytest.raises(ValueError, match="out is read-only, but the kernel writes to it"):
         kmod.gelu_forward(out, f32(5))
-    # read-only inputs are fine
+    assert np.all(out == 7.0)  # refused before anything was written
+    # read-only inputs are fine: the same result as a writable copy, the input left alone
     x = f32(5)
     x.setflags(write=False)
-    kmod.gelu_forward(np.empty(5, np.float32), x)
+    got = np.empty(5, np.float32)
+    kmod.gelu_forward(got, x)
+    np.testing.assert_allclose(got, gelu_reference(x), rtol=1e-6, atol=1e-7)
+    want = np.empty(5, np.float32)
+    kmod.gelu_forward(want, x.copy())
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(x, f32(5)) and not x.flags.writeable
 
 
 def test_token_ids_out_of_range(kmod):
@@ -180,20 +199,39 @@ def test_row_kernels_in_place_or_apart(kmod):
 def test_optimizer_hyperparameters_checked(kmod):
     p, g = f32(4), f32(4)
     m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
-    for kw in (dict(lr=-1.0), dict(beta1=1.0), dict(eps=float("nan")), dict(step=0)):
+    for kw, match in ((dict(lr=-1.0), "lr must be a finite number >= 0"),
+                      (dict(beta1=1.0), "beta1 must be in [0, 1)"),
+                      (dict(eps=float("nan")), "eps must be a finite number >= 0"),
+                      (dict(step=0), "step must be an integer >= 1")):
         args = dict(lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, step=1)
         args.update(kw)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(match)):
             kmod.adamw_update(p, g, m, v, **args)
-    with pytest.raises(ValueError):
+    # refused before anything was written
+    assert np.array_equal(p, f32(4)) and not m.any() and not v.any()
+    with pytest.raises(ValueError, match="s must be finite, got inf"):
         kmod.scale_inplace(p, float("inf"))
+    assert np.array_equal(p, f32(4))
+
+
+def _inside(buf, *shape):
+    """A view of ``shape`` (zero-size allowed) in the middle of the sentinel buffer ``buf``."""
+    n = int(np.prod(shape))
+    return buf[8:8 + n].reshape(shape)
 
 
 def test_zero_size_inputs_are_fine(kmod):
-    kmod.matmul_forward(np.empty((0, 5), np.float32), np.empty((0, 3), np.float32), f32(3, 5))
-    kmod.gelu_forward(np.empty(0, np.float32), np.empty(0, np.float32))
-    kmod.attention_forward(np.empty((2, 0, 4), np.float32), np.empty((2, 2, 0), np.float32),
-                           np.empty((2, 0, 12), np.float32), 2)
+    """Zero rows (matmul), zero elements (gelu), zero time steps (attention): each returns None,
+    writes nothing next to its empty outputs (views into buffers of 7s) and leaves the weight
+    alone; an empty sum (gemm with inner dimension 0) is zero."""
+    bufs = [np.full(16, 7.0, np.float32) for _ in range(4)]
+    w = f32(3, 5)
+    assert kmod.matmul_forward(_inside(bufs[0], 0, 5), np.empty((0, 3), np.float32), w) is None
+    assert kmod.gelu_forward(_inside(bufs[1], 0), np.empty(0, np.float32)) is None
+    assert kmod.attention_forward(_inside(bufs[2], 2, 0, 4), _inside(bufs[3], 2, 2, 0),
+                                  np.empty((2, 0, 12), np.float32), 2) is None
+    assert all(np.all(b == 7.0) for b in bufs)
+    assert np.array_equal(w, f32(3, 5))
     out = np.full((2, 3), 7.0, np.float32)
     kmod.gemm(out, np.empty((2, 0), np.float32), np.empty((0, 3), np.float32))
     assert np.all(out == 0.0)  # an empty sum is zero
@@ -202,15 +240,58 @@ def test_zero_size_inputs_are_fine(kmod):
 # ---- backend and thread selection -------------------------------------------------------------
 
 def test_set_backend_validates():
-    with pytest.raises(ValueError, match="unknown backend"):
+    before = pyllm.get_backend()
+    with pytest.raises(ValueError, match="unknown backend 'gpu'; choose one of 'auto', 'c', "
+                                         "'numpy'"):
         pyllm.set_backend("gpu")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="backend name must be a str, got int"):
         pyllm.set_backend(1)
-    assert pyllm.get_backend() in pyllm.available_backends()
+    assert pyllm.get_backend() == before  # a refused name changes nothing
 
 
 def test_set_backend_switches(backend):
+    """The backend set is the one whose kernels run: ``ops`` hands out its functions, and a
+    float64 model (which only the NumPy kernels take) runs or is refused accordingly."""
+    from pyllm.backend import backend_module, ops
     assert pyllm.get_backend() == backend
+    assert pyllm.backend_reason() == "requested explicitly"
+    mod = backend_module(backend)
+    for name in ("gelu_forward", "matmul_forward", "attention_forward", "adamw_update"):
+        assert getattr(ops, name) is getattr(mod, name), name
+    m = pyllm.GPT(pyllm.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4),
+                  seed=0, dtype=np.float64)
+    if backend == "numpy":
+        assert m.forward(np.array([[1, 2]])).dtype == np.float64
+    else:
+        with pytest.raises(TypeError, match="NumPy backend only"):
+            m.forward(np.array([[1, 2]]))
+
+
+@pytest.fixture
+def saved_backend_state():
+    """Restore the backend, its reason and the thread count after a test that changes them."""
+    import pyllm.backend as be
+    state, threads = dict(be._state), pyllm.get_num_threads()
+    try:
+        yield
+    finally:
+        be._state.update(state)
+        pyllm.set_num_threads(threads)
+
+
+def test_backend_reason_says_why(saved_backend_state):
+    pyllm.set_backend("numpy")
+    assert pyllm.backend_reason() == "requested explicitly"
+    if "c" in pyllm.available_backends():
+        assert pyllm.set_backend("auto") == "c"
+        assert pyllm.backend_reason() == "auto: the C extension imported"
+        pyllm.set_backend("c")
+        assert pyllm.backend_reason() == "requested explicitly"
+    else:  # (it warns only when switching away from C; tested below)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert pyllm.set_backend("auto") == "numpy"
+        assert pyllm.backend_reason().startswith("auto: C extension unavailable (")
 
 
 def test_threads_validated_and_settable(cmod):
@@ -223,10 +304,12 @@ def test_threads_validated_and_settable(cmod):
     finally:
         pyllm.set_num_threads(prev)
     for bad in (0, -3):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape("number of threads must be in "
+                                                       "[1, 2147483647], got %d" % bad)):
             pyllm.set_num_threads(bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="number of threads must be an int, got str"):
         pyllm.set_num_threads("2")
+    assert pyllm.get_num_threads() == prev == cmod.get_num_threads()  # refusals change nothing
 
 
 def _run(code, **env):
@@ -236,13 +319,26 @@ def _run(code, **env):
                           timeout=120)
 
 
+SHOW = "import pyllm; print(pyllm.get_backend(), pyllm.get_num_threads(), pyllm.backend_reason())"
+
+
 def test_environment_variables():
-    r = _run("import pyllm; print(pyllm.get_backend(), pyllm.get_num_threads())",
-             PYLLM_BACKEND="numpy", PYLLM_NUM_THREADS="1")
+    r = _run(SHOW, PYLLM_BACKEND="numpy", PYLLM_NUM_THREADS="1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[0] == "numpy"
+    assert r.stdout.split(None, 2) == ["numpy", "1", "requested explicitly\n"]
     r = _run("import pyllm", PYLLM_BACKEND="tpu")
-    assert r.returncode != 0 and "unknown backend" in r.stderr
+    assert r.returncode != 0 and "unknown backend 'tpu'" in r.stderr
+    r = _run("import pyllm", PYLLM_NUM_THREADS="many")
+    assert r.returncode != 0 and "PYLLM_NUM_THREADS must be a positive integer, got 'many'" \
+        in r.stderr
+
+
+def test_environment_auto_says_why(cmod):
+    """PYLLM_BACKEND=auto (and unset) with the extension built: C, and the reason says so."""
+    for env in (dict(PYLLM_BACKEND="auto"), dict(PYLLM_BACKEND="")):
+        r = _run(SHOW, PYLLM_NUM_THREADS="1", **env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split(None, 2) == ["c", "1", "auto: the C extension imported\n"], env
 
 
 def test_thread_environment_honoured(cmod):
@@ -263,7 +359,10 @@ def test_explicit_c_when_unavailable_raises(monkeypatch):
     try:
         with pytest.raises(BackendUnavailable, match="simulated"):
             be.set_backend("c")
+        assert be.get_backend() == prev["name"]  # refused: nothing changed
         with pytest.warns(RuntimeWarning, match="simulated"):
             assert be.set_backend("auto") == "numpy"
+        assert be.backend_reason() == "auto: C extension unavailable (ImportError: simulated)"
+        assert be.available_backends() == ("numpy",) and be.available_simd() == ()
     finally:
         be._state.update(prev)

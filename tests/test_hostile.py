@@ -15,6 +15,10 @@ How:
   functions in this module, registered with ``@child_case(group)``; one child per group and
   backend runs them all and reports one line per case, so a segfault or abort is a failing test
   (naming the case it happened in), not a dead test runner;
+- a case registered with ``kernels=False`` (argument checks, file parsing: its code path reaches
+  no kernel) runs once, in the NumPy child, with the id ``<group>-any-<case>``; that child records
+  every kernel the cases call (through ``pyllm.backend.ops``), and such a case fails if it calls
+  one, so the marking cannot go stale;
 - the command line runs as ``python -m pyllm``; every bad invocation must exit non-zero with a
   one-line ``error:`` message on stderr, never a traceback;
 - pure-Python checks (configs, files, tokenizers) run in-process.
@@ -96,34 +100,78 @@ def expect(exc, match, fn, *args, **kw):
 MARK = "@@hostile-case "
 CHILD_CASES = {}  # group -> {name: (function(backend_name), exception or None, message part)}
 KNOWN_GAPS = {}  # (group, name) -> why the case fails today (a bug in a file this issue leaves)
+KERNEL_FREE = set()  # (group, name) of the cases that reach no kernel: run once, on NumPy
+GROUP_SETUP = {}  # group -> function the child calls once before its cases (kernel calls uncounted)
+ANY = "any"  # the id's backend part of a kernel-free case
 
 
-def child_case(group, raises=None, match="", known_gap=None):
+def child_case(group, raises=None, match="", known_gap=None, kernels=True):
     """Register ``fn(be)`` to run in the child of ``group`` on backend ``be``. It must raise
     ``raises`` with ``match`` in the message; with ``raises=None`` it must return normally (its
-    own assertions are the check). ``known_gap``: the reason it is expected to fail for now."""
+    own assertions are the check). ``known_gap``: the reason it is expected to fail for now.
+    ``kernels=False``: its code path reaches no kernel, so it runs once (in the NumPy child),
+    and fails there if it calls a kernel after all."""
     def register(fn):
         CHILD_CASES.setdefault(group, {})[fn.__name__] = (fn, raises, match)
         if known_gap:
             KNOWN_GAPS[group, fn.__name__] = known_gap
+        if not kernels:
+            KERNEL_FREE.add((group, fn.__name__))
         return fn
     return register
 
 
+def runs_on(group, name, be):
+    """Whether the child of (group, be) runs case ``name``."""
+    return be == "numpy" or (group, name) not in KERNEL_FREE
+
+
 def case_params(group, backends):
-    """(group, backend, case name) of every case of ``group`` for parametrize; known gaps are
-    strict xfails."""
-    return [pytest.param(group, be, name, id="%s-%s-%s" % (group, be, name),
-                         marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[group, name])]
-                         if (group, name) in KNOWN_GAPS else [])
-            for be in backends for name in CHILD_CASES[group]]
+    """(group, backend, case name) of every case of ``group`` for parametrize: once per backend,
+    a kernel-free case once (backend ``"any"``, run by the NumPy child); known gaps are strict
+    xfails."""
+    params = []
+    for be in backends:
+        for name in CHILD_CASES[group]:
+            free = (group, name) in KERNEL_FREE
+            if free:
+                assert "numpy" in backends, (group, name)
+                if be != "numpy":
+                    continue
+            params.append(pytest.param(
+                group, ANY if free else be, name,
+                id="%s-%s-%s" % (group, ANY if free else be, name),
+                marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[group, name])]
+                if (group, name) in KNOWN_GAPS else []))
+    return params
+
+
+class _KernelRecorder:
+    """Stands in for the current backend module behind ``pyllm.backend.ops``: forwards every
+    attribute to it and notes the names asked for (the kernels a case calls)."""
+
+    def __init__(self, module_of):
+        self.module_of, self.names = module_of, set()
+
+    def __getattr__(self, name):
+        self.names.add(name)
+        return getattr(self.module_of(), name)
 
 
 def _child_main(group, be):
-    """Entry point of the child: run every case of ``group`` on backend ``be``; one line each."""
+    """Entry point of the child: run the cases of ``group`` for backend ``be``; one line each
+    (name, exception MRO or None, message, the kernels it called through ``ops``)."""
     warnings.simplefilter("ignore")  # NumPy's "invalid value" warnings for NaN input
     pyllm.set_backend(be)
+    if group in GROUP_SETUP:
+        GROUP_SETUP[group]()
+    import pyllm.backend as backend_pkg
+    recorder = _KernelRecorder(backend_pkg._module)
+    backend_pkg._module = lambda: recorder
     for name, (fn, _, _) in CHILD_CASES[group].items():
+        if not runs_on(group, name, be):
+            continue
+        recorder.names = set()
         try:
             fn(be)
             res = [name, None, ""]
@@ -133,7 +181,7 @@ def _child_main(group, be):
                 frame = traceback.extract_tb(exc.__traceback__)[-1]
                 msg = "line %d: %s" % (frame.lineno, frame.line)
             res = [name, [c.__name__ for c in type(exc).__mro__], msg]
-        print(MARK + json.dumps(res), flush=True)
+        print(MARK + json.dumps(res + [sorted(recorder.names)]), flush=True)
 
 
 def _text(b):
@@ -157,8 +205,8 @@ def _child_run(group, be):
     results = {}
     for line in out.splitlines():
         if line.startswith(MARK):
-            name, mro, msg = json.loads(line[len(MARK):])
-            results[name] = (mro, msg)
+            name, mro, msg, kernels = json.loads(line[len(MARK):])
+            results[name] = (mro, msg, kernels)
     return results, rc, err
 
 
@@ -171,15 +219,21 @@ def _describe(rc):
 
 
 def check_case(group, be, name):
-    """Judge one case from its child's report."""
+    """Judge one case from its child's report (a kernel-free case, ``be == "any"``, from the
+    NumPy child's, where it must have called no kernel)."""
     if be == "c":
         need_c()
     _, raises, match = CHILD_CASES[group][name]
-    results, rc, err = _child_run(group, be)
+    child_be = "numpy" if be == ANY else be
+    results, rc, err = _child_run(group, child_be)
     if name not in results:
         pytest.fail("the %s child (backend %s) %s before case %s reported; stderr:\n%s"
-                    % (group, be, _describe(rc), name, err[-3000:]))
-    mro, msg = results[name]
+                    % (group, child_be, _describe(rc), name, err[-3000:]))
+    mro, msg, kernels = results[name]
+    if be == ANY:
+        assert not kernels, ("%s is registered with kernels=False but called %s: register it "
+                             "with kernels=True so that it runs on every backend"
+                             % (name, ", ".join(kernels)))
     if raises is None:
         assert mro is None, "%s raised %s: %s" % (name, mro[0], msg)
     else:
@@ -197,7 +251,7 @@ def check_child_exit(group, be):
     results, rc, err = _child_run(group, be)
     assert rc == 0, "the %s child (backend %s) %s; stderr:\n%s" % (group, be, _describe(rc),
                                                                    err[-3000:])
-    assert set(results) == set(CHILD_CASES[group])
+    assert set(results) == {n for n in CHILD_CASES[group] if runs_on(group, n, be)}
 
 
 BACKENDS = ["numpy", "c"]
@@ -458,21 +512,53 @@ def read_only_optimizer_moment(be):
 
 # -- zero-size dimensions: fine, and the results are what an empty sum gives
 
+class Guarded:
+    """Float32 arrays that lie inside larger buffers filled with a sentinel: a kernel that writes
+    outside the array it was given (before its start or past its end) changes the sentinel."""
+    SENTINEL = np.float32(7.0)
+
+    def __init__(self):
+        self.buffers = []
+
+    def __call__(self, *shape):
+        n = int(np.prod(shape))
+        buf = np.full(n + 64, self.SENTINEL, np.float32)
+        self.buffers.append((buf, n))
+        return buf[32:32 + n].reshape(shape)
+
+    def assert_untouched(self):
+        for i, (buf, n) in enumerate(self.buffers):
+            outside = np.concatenate([buf[:32], buf[32 + n:]])
+            assert np.all(outside == self.SENTINEL), "kernel wrote outside guarded array %d" % i
+
+
 @child_case(K)
 def zero_rows_everywhere(be):
-    k, z = _k(be), np.empty((0, 8), np.float32)
-    k.layernorm_forward(e32(0, 8), e32(0), e32(0), z, f32(8), f32(8))
-    k.softmax_forward(e32(0, 8), z)
-    k.softmax_backward(e32(0, 8), z.copy(), z.copy())
-    k.crossentropy_forward(e32(0), z, np.empty(0, np.int64))
-    k.crossentropy_backward(e32(0, 8), z, np.empty(0, np.int64), 1.0)
-    k.encoder_forward(e32(0, 3, 4), np.empty((0, 3), np.int64), f32(5, 4), f32(8, 4))
-    k.attention_decode(e32(0, 4), np.empty((0, 2, 3, 2), np.float32),
-                       np.empty((0, 2, 3, 2), np.float32), np.empty((0, 12), np.float32), 0, 2)
-    k.residual_forward(e32(0), e32(0), e32(0))
-    k.adamw_update(e32(0), e32(0), e32(0), e32(0), 1e-3, 0.9, 0.99, 1e-8, 0.1, 1)
-    k.scale_inplace(e32(0), 2.0)
+    """Every kernel takes zero rows: it returns None (norm_squared: the empty sum 0.0), writes
+    nothing outside its (empty) outputs and leaves its non-empty inputs as they were."""
+    k, g, z = _k(be), Guarded(), np.empty((0, 8), np.float32)
+    w, b, wte, wpe = f32(8), f32(8, seed=1), f32(5, 4), f32(8, 4)
+    inputs = [w, b, wte, wpe]
+    copies = [a.copy() for a in inputs]
+    calls = [
+        lambda: k.layernorm_forward(g(0, 8), g(0), g(0), z, w, b),
+        lambda: k.softmax_forward(g(0, 8), z),
+        lambda: k.softmax_backward(g(0, 8), z.copy(), z.copy()),
+        lambda: k.crossentropy_forward(g(0), z, np.empty(0, np.int64)),
+        lambda: k.crossentropy_backward(g(0, 8), z, np.empty(0, np.int64), 1.0),
+        lambda: k.encoder_forward(g(0, 3, 4), np.empty((0, 3), np.int64), wte, wpe),
+        lambda: k.attention_decode(g(0, 4), g(0, 2, 3, 2), g(0, 2, 3, 2),
+                                   np.empty((0, 12), np.float32), 0, 2),
+        lambda: k.residual_forward(g(0), e32(0), e32(0)),
+        lambda: k.adamw_update(g(0), e32(0), g(0), g(0), 1e-3, 0.9, 0.99, 1e-8, 0.1, 1),
+        lambda: k.scale_inplace(g(0), 2.0),
+    ]
+    for i, call in enumerate(calls):
+        assert call() is None, "call %d returned a value" % i
     assert k.norm_squared(e32(0)) == 0.0
+    g.assert_untouched()
+    for a, c in zip(inputs, copies):
+        assert np.array_equal(a, c), "an input changed"
 
 
 @child_case(K)
@@ -498,8 +584,16 @@ def zero_inner_dimension_gives_the_bias(be):
 
 @child_case(K)
 def zero_time_steps_in_attention(be):
-    _k(be).attention_backward(e32(2, 0, 12), e32(2, 0, 4), e32(2, 0, 12), e32(2, 0, 4),
-                              e32(2, 2, 0), 2)
+    """Sequences of length 0 (B = 2): attention forward, backward (accumulating or not) and the
+    probabilities run, return None and write nothing outside their empty outputs."""
+    k, g = _k(be), Guarded()
+    qkv, out, lse = e32(2, 0, 12), g(2, 0, 4), g(2, 2, 0)
+    assert k.attention_forward(out, lse, qkv, 2) is None
+    for acc in (True, False):
+        assert k.attention_backward(g(2, 0, 12), e32(2, 0, 4), qkv, out, lse, 2,
+                                    accumulate=acc) is None
+    assert k.attention_probs(g(2, 2, 0, 0), qkv, lse, 2) is None
+    g.assert_untouched()
 
 
 # ==== kernels on NaN and Inf: no crash, and C puts NaN/Inf exactly where NumPy does ===========
@@ -692,52 +786,52 @@ def q8_decoder_with_a_short_weight_list(be):
 M = "model"
 
 
-@child_case(M, TypeError, "idx must hold integer token ids")
+@child_case(M, TypeError, "idx must hold integer token ids", kernels=False)
 def model_float_ids(be):
     tiny().forward(np.zeros((1, 3)))
 
 
-@child_case(M, TypeError, "idx must hold integer token ids")
+@child_case(M, TypeError, "idx must hold integer token ids", kernels=False)
 def model_bool_ids(be):
     tiny().forward(np.array([[True, False]]))
 
 
-@child_case(M, TypeError, "idx must hold integer token ids")
+@child_case(M, TypeError, "idx must hold integer token ids", kernels=False)
 def model_string_ids(be):
     tiny().forward([["a", "b"]])
 
 
-@child_case(M, ValueError, "idx must have shape (B, T)")
+@child_case(M, ValueError, "idx must have shape (B, T)", kernels=False)
 def model_ids_rank_3(be):
     tiny().forward(np.zeros((1, 2, 3), np.int64))
 
 
-@child_case(M, ValueError, "idx must have shape (B, T)")
+@child_case(M, ValueError, "idx must have shape (B, T)", kernels=False)
 def model_ids_scalar(be):
     tiny().forward(np.int64(3))
 
 
-@child_case(M, ValueError, "must be non-empty")
+@child_case(M, ValueError, "must be non-empty", kernels=False)
 def model_empty_batch(be):
     tiny().forward(np.zeros((0, 3), np.int64))
 
 
-@child_case(M, ValueError, "idx holds token id -1, outside [0, 13)")
+@child_case(M, ValueError, "idx holds token id -1, outside [0, 13)", kernels=False)
 def model_negative_id(be):
     tiny().forward(np.array([[1, -1, 2]]))
 
 
-@child_case(M, ValueError, "outside [0, 13)")
+@child_case(M, ValueError, "outside [0, 13)", kernels=False)
 def model_uint64_max_id(be):
     tiny().forward(np.array([[1, 2**64 - 1]], np.uint64))
 
 
-@child_case(M, ValueError, "targets holds token id 13")
+@child_case(M, ValueError, "targets holds token id 13", kernels=False)
 def model_target_out_of_range(be):
     tiny().loss(np.array([[1, 2]]), np.array([[2, 13]]))
 
 
-@child_case(M, ValueError, "prompt_idx holds token id 99")
+@child_case(M, ValueError, "prompt_idx holds token id 99", kernels=False)
 def model_prompt_out_of_range(be):
     tiny().generate(np.array([[1, 99]]), 2)
 
@@ -820,7 +914,7 @@ def model_top_k_beyond_vocab_means_no_limit(be):
     assert np.array_equal(a, m.generate(np.array([[1, 2]]), 8, temperature=1.0, seed=3))
 
 
-@child_case(M)
+@child_case(M, kernels=False)
 def model_sampling_arguments_checked(be):
     m, p = tiny(), np.array([[1, 2]])
     for kw, exc, match in [
@@ -852,7 +946,7 @@ def model_float64_runs_on_numpy_only(be):
         assert m.forward(np.array([[1, 2]])).dtype == np.float64
 
 
-@child_case(M)
+@child_case(M, kernels=False)
 def model_load_state_dict_checked(be):
     m = tiny()
     sd = {k: v.copy() for k, v in m.state_dict().items()}
@@ -866,10 +960,14 @@ def model_load_state_dict_checked(be):
     assert np.array_equal(m.params, before)
 
 
-@child_case(M)
+@child_case(M, kernels=False)
 def model_adamw_rejects_bad_settings_without_touching_weights(be):
-    m = tiny()
-    m.loss_and_grads(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]))
+    """Bad settings are refused by name when the optimizer is made, or (assigned later) at the
+    next step; a refused step leaves the weights, the moments and the step count as they were,
+    though the gradients it was given would have moved every weight."""
+    m = tiny(scale=0.1)
+    m.grads.flat[:] = 1.0  # an accepted step would move every weight
+    before = m.params.copy()
     for kw, match in [(dict(lr=float("nan")), "lr must be a finite number >= 0"),
                       (dict(lr=-1e-3), "lr must be a finite number >= 0"),
                       (dict(lr=True), "lr must be a finite number >= 0"),
@@ -880,17 +978,41 @@ def model_adamw_rejects_bad_settings_without_touching_weights(be):
                       (dict(betas=(float("nan"), 0.9)), "betas must lie in [0, 1)")]:
         expect(ValueError, match, pyllm.AdamW, m, **kw)
     opt = pyllm.AdamW(m, lr=1e-3)
-    before = m.params.copy()
-    opt.lr = float("nan")  # assigned between steps: checked at the next step
-    expect(ValueError, "lr must be a finite number >= 0", opt.step)
-    assert np.array_equal(m.params, before) and opt.t == 0 and not opt.m.any()
-    opt.lr = 1e-3
-    grads = {k: np.zeros_like(v) for k, v in m.state_dict().items()}
+
+    def nothing_moved(after):
+        assert np.array_equal(m.params, before), "weights changed after " + after
+        assert opt.t == 0, "step count %d after %s" % (opt.t, after)
+        assert not opt.m.any() and not opt.v.any(), "moments changed after " + after
+
+    nothing_moved("a refused AdamW(...)")
+    for attr, bad, match in [("lr", float("nan"), "lr must be a finite number >= 0"),
+                             ("eps", -1.0, "eps must be a finite number >= 0"),
+                             ("weight_decay", float("inf"),
+                              "weight_decay must be a finite number >= 0"),
+                             ("betas", (0.9, 1.5), "betas must lie in [0, 1)")]:
+        good = getattr(opt, attr)
+        setattr(opt, attr, bad)  # assigned between steps: checked at the next step
+        expect(ValueError, match, opt.step)
+        nothing_moved("step() with %s=%r" % (attr, bad))
+        setattr(opt, attr, good)
+    grads = {k: np.ones_like(v) for k, v in m.state_dict().items()}
     expect(ValueError, "exactly the parameter names", opt.step,
            {k: v for k, v in grads.items() if k != "wte.weight"})
-    expect(ValueError, "has shape", opt.step, dict(grads, **{"ln_f.bias": np.zeros(3)}))
-    expect(TypeError, "grads must be a dict", opt.step, [1, 2])
-    assert np.array_equal(m.params, before) and opt.t == 0
+    expect(ValueError, "grads['ln_f.bias'] has shape (3,), expected (8,)", opt.step,
+           dict(grads, **{"ln_f.bias": np.zeros(3)}))
+    expect(TypeError, "grads must be a dict of arrays, got list", opt.step, [1, 2])
+    nothing_moved("step() with unusable gradients")
+
+
+@child_case(M, kernels=False)
+def model_adamw_refused_gradients_leave_the_model_gradients_alone(be):
+    m = tiny()
+    m.grads.flat[:] = 1.0
+    grads = {k: np.zeros_like(v) for k, v in m.state_dict().items()}
+    grads["ln_f.bias"] = np.zeros(3)  # the last entry has the wrong shape
+    expect(ValueError, "has shape", pyllm.AdamW(m).step, grads)
+    assert np.all(m.grads.flat == 1.0), "%d of %d gradient values overwritten" % (
+        np.sum(m.grads.flat != 1.0), m.grads.flat.size)
 
 
 @child_case(M)
@@ -905,13 +1027,22 @@ def model_clip_grad_norm_checked(be):
     assert np.array_equal(grads.flat, before, equal_nan=True)  # left unscaled, as documented
 
 
-@child_case(M)
+@child_case(M, kernels=False)
 def model_thread_counts_checked(be):
-    for bad in (0, -4):
-        expect(ValueError, "number of threads must be in [1, ", pyllm.set_num_threads, bad)
-    for bad in ("2", 2.5, True, None):
-        expect(TypeError, "number of threads must be an int", pyllm.set_num_threads, bad)
-    assert pyllm.get_num_threads() >= 1
+    """Refused thread counts (too small, beyond a C int, not an int) leave the count as it was,
+    in pyllm and in the C kernels."""
+    before = pyllm.get_num_threads()
+    c_before = backend_module("c").get_num_threads() if "c" in pyllm.available_backends() \
+        else None
+    for bad in (0, -4, 2**31):
+        expect(ValueError, "number of threads must be in [1, 2147483647], got %d" % bad,
+               pyllm.set_num_threads, bad)
+    for bad, kind in (("2", "str"), (2.5, "float"), (True, "bool"), (None, "NoneType")):
+        expect(TypeError, "number of threads must be an int, got " + kind,
+               pyllm.set_num_threads, bad)
+    assert pyllm.get_num_threads() == before >= 1
+    if c_before is not None:
+        assert backend_module("c").get_num_threads() == c_before
 
 
 @pytest.mark.parametrize("kw, exc, match", [
@@ -1068,35 +1199,35 @@ def _explore():
     return explore
 
 
-@child_case(E, ValueError, "idx holds token id 13, outside [0, 13)")
+@child_case(E, ValueError, "idx holds token id 13, outside [0, 13)", kernels=False)
 def explore_maps_id_out_of_range(be):
     _explore().attention_maps(tiny(), [1, 13])
 
 
-@child_case(E, ValueError, "more than block_size")
+@child_case(E, ValueError, "more than block_size", kernels=False)
 def explore_maps_longer_than_the_block(be):
     _explore().attention_maps(tiny(), np.zeros(9, np.int64))
 
 
-@child_case(E, MemoryError, "over the limit")
+@child_case(E, MemoryError, "over the limit", kernels=False)
 def explore_maps_that_do_not_fit(be):
     # 64 x 2 layers x 2 heads x 4096^2 float32: 16 GiB
     _explore().attention_maps(tiny(block_size=4096), np.zeros((64, 4096), np.uint8))
 
 
-@child_case(E, ValueError, "head 2 of head (0, 2) is out of range")
+@child_case(E, ValueError, "head 2 of head (0, 2) is out of range", kernels=False)
 def explore_ablate_head_out_of_range(be):
     with _explore().ablate(tiny(), [(0, 2)]):
         pass
 
 
-@child_case(E, ValueError, "mode must be one of")
+@child_case(E, ValueError, "mode must be one of", kernels=False)
 def explore_ablate_unknown_mode(be):
     with _explore().ablate(tiny(), [(0, 1)], mode="noise"):
         pass
 
 
-@child_case(E, ValueError, "seq_len must be in [2, block_size // 2 = 4]")
+@child_case(E, ValueError, "seq_len must be in [2, block_size // 2 = 4]", kernels=False)
 def explore_scores_sequence_too_long(be):
     _explore().head_scores(tiny(), seq_len=5)
 
@@ -1139,6 +1270,9 @@ def _base_run():
     return out, data
 
 
+GROUP_SETUP[R] = _base_run  # its training is set-up, not a kernel call of the cases
+
+
 def _edited_run(edit_state=None, edit_tensors=None):
     """A copy of the base run with its checkpoint's state / tensors edited."""
     src, _ = _base_run()
@@ -1168,69 +1302,71 @@ def _without(key):
     return edit
 
 
-@child_case(R, CheckpointError, "has no training settings")
+@child_case(R, CheckpointError, "has no training settings", kernels=False)
 def resume_without_settings(be):
     _resume(_edited_run(_without("train")))
 
 
-@child_case(R, CheckpointError, "invalid RNG state")
+@child_case(R, CheckpointError, "invalid RNG state", kernels=False)
 def resume_without_rng_state(be):
     _resume(_edited_run(_without("rng")))
 
 
-@child_case(R, CheckpointError, "invalid RNG state")
+@child_case(R, CheckpointError, "invalid RNG state", kernels=False)
 def resume_with_odd_rng_increment(be):
     _resume(_edited_run(lambda s: dict(s, rng=dict(s["rng"], inc=2))))
 
 
-@child_case(R, CheckpointError, "state has no integer step >= 0")
+@child_case(R, CheckpointError, "state has no integer step >= 0", kernels=False)
 def resume_from_negative_step(be):
     _resume(_edited_run(lambda s: dict(s, step=-3)))
 
 
-@child_case(R, CheckpointError, "state has no integer step >= 0")
+@child_case(R, CheckpointError, "state has no integer step >= 0", kernels=False)
 def resume_from_step_as_string(be):
     _resume(_edited_run(lambda s: dict(s, step="2")))
 
 
-@child_case(R, CheckpointError, "optimizer step count is negative")
+@child_case(R, CheckpointError, "optimizer step count is negative", kernels=False)
 def resume_with_negative_optimizer_count(be):
     _resume(_edited_run(lambda s: dict(s, optim_t=-1)))
 
 
-@child_case(R, CheckpointError, "the training settings say block_size=999 but the model has 8")
+@child_case(R, CheckpointError, "the training settings say block_size=999 but the model has 8",
+            kernels=False)
 def resume_with_settings_that_disagree_with_the_model(be):
     _resume(_edited_run(lambda s: dict(s, train=dict(s["train"], block_size=999))))
 
 
-@child_case(R, CheckpointError, "invalid training settings")
+@child_case(R, CheckpointError, "invalid training settings", kernels=False)
 def resume_with_unknown_setting(be):
     _resume(_edited_run(lambda s: dict(s, train=dict(s["train"], dropout=0.1))))
 
 
-@child_case(R, CheckpointError, "invalid training settings: lr must be a finite number")
+@child_case(R, CheckpointError, "invalid training settings: lr must be a finite number",
+            kernels=False)
 def resume_with_nan_learning_rate(be):
     _resume(_edited_run(lambda s: dict(s, train=dict(s["train"], lr=float("nan")))))
 
 
-@child_case(R, CheckpointError, "optimizer moments are not finite")
+@child_case(R, CheckpointError, "optimizer moments are not finite", kernels=False)
 def resume_with_nan_optimizer_moments(be):
     _resume(_edited_run(edit_tensors=lambda t: t["optim.m"].__setitem__(3, np.nan)))
 
 
-@child_case(R, CheckpointError, "second moment is negative")
+@child_case(R, CheckpointError, "second moment is negative", kernels=False)
 def resume_with_negative_second_moment(be):
     _resume(_edited_run(edit_tensors=lambda t: t["optim.v"].__setitem__(0, -1.0)))
 
 
-@child_case(R, CheckpointError, "not the tokenizer this run was trained with")
+@child_case(R, CheckpointError, "not the tokenizer this run was trained with", kernels=False)
 def resume_with_another_tokenizer(be):
     out = _edited_run()
     CharTokenizer("abc").save(os.path.join(out, "tokenizer.txt"))
     _resume(out)
 
 
-@child_case(R, ValueError, "cannot be encoded with the run's tokenizer")
+@child_case(R, ValueError, "cannot be encoded with the run's tokenizer", kernels=False)
 def resume_after_the_text_changed(be):
     data = os.path.join(os.path.dirname(_base_run()[1]), "other.txt")
     with open(data, "w", encoding="utf-8") as f:

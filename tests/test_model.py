@@ -1,6 +1,7 @@
 """The model: GPT-2 names and initialisation, forward against an independent float64 reference,
 whole-model gradients against finite differences, backends agreeing, AdamW against the textbook
 formula, generation with and without the KV cache, and model files."""
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,18 @@ from pyllm.tensorfile import save_safetensors
 from _reference import ref_forward, ref_loss  # an independent float64 GPT-2
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+@contextlib.contextmanager
+def using_backend(name):
+    """Make ``name`` the backend inside the block; the previous one is back afterwards, also when
+    the block fails."""
+    prev = pyllm.get_backend()
+    pyllm.set_backend(name)
+    try:
+        yield
+    finally:
+        pyllm.set_backend(prev)
 
 
 def tiny(seed=0, dtype=np.float32, **kw):
@@ -114,8 +127,7 @@ def assert_fd_gradient(m, ana, picks, loss, eps=1e-6, atol=1e-6):
 
 
 def test_whole_model_gradient_matches_finite_differences():
-    pyllm.set_backend("numpy")
-    try:
+    with using_backend("numpy"):
         m = tiny(dtype=np.float64)
         randomize(m, seed=3)
         rng = np.random.default_rng(5)
@@ -128,8 +140,6 @@ def test_whole_model_gradient_matches_finite_differences():
         # every named gradient view is a view of the same slab
         for k, g in grads.items():
             assert np.shares_memory(g, grads.flat)
-    finally:
-        pyllm.set_backend("auto")
 
 
 def test_masked_loss_and_grads(backend):
@@ -172,19 +182,17 @@ def test_masked_loss_and_grads(backend):
         m.loss(idx, tgt, mask=np.full((3, 7), 0.5))
 
 
-def test_backends_agree_on_logits_loss_and_grads(rng):
-    from conftest import need_c
-    need_c()
+def test_backends_agree_on_logits_loss_and_grads(simd, rng):
+    """C (at each SIMD level) and NumPy: the same logits, loss and gradients to rounding."""
     cfg = pyllm.GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=3, n_embd=24)
     idx, tgt = batch(rng, 4, 24, 37)
     out = {}
     for be in ("numpy", "c"):
-        pyllm.set_backend(be)
-        m = pyllm.GPT(cfg, seed=7)
-        randomize(m, seed=1, scale=0.1)
-        loss, g = m.loss_and_grads(idx, tgt)
-        out[be] = (m.forward(idx), loss, g.flat.copy())
-    pyllm.set_backend("auto")
+        with using_backend(be):
+            m = pyllm.GPT(cfg, seed=7)
+            randomize(m, seed=1, scale=0.1)
+            loss, g = m.loss_and_grads(idx, tgt)
+            out[be] = (m.forward(idx), loss, g.flat.copy())
     np.testing.assert_allclose(out["c"][0], out["numpy"][0], rtol=1e-4, atol=1e-5)
     assert abs(out["c"][1] - out["numpy"][1]) < 1e-5
     np.testing.assert_allclose(out["c"][2], out["numpy"][2], rtol=1e-3, atol=1e-6)
@@ -350,18 +358,26 @@ def test_decoder_steps_match_the_reference_forward(backend, rng):
         got = dec.step(idx[:, t], t)
         np.testing.assert_allclose(got, want[:, t], rtol=1e-4, atol=1e-5)
     assert np.all(cache != 0)
-    # the C decoder and the NumPy one agree on the cache too
-    other = "numpy" if backend == "c" else "c"
-    from conftest import REQUIRE_C
-    from pyllm.backend import backend_module, c_unavailable_reason
-    if other == "c" and c_unavailable_reason() is not None and not REQUIRE_C:
-        return
-    cache2 = np.zeros_like(cache)
-    dec2 = backend_module(other).Decoder([sd[n] for n in decoder_weight_names(cfg.n_layer)],
-                                         cache2, cfg.n_head)
-    for t in range(cfg.block_size):
-        dec2.step(idx[:, t], t)
-    np.testing.assert_allclose(cache2, cache, rtol=1e-5, atol=1e-5)
+
+
+def test_decoders_of_both_backends_agree(simd, rng):
+    """The C decoder (at each SIMD level) and the NumPy one: the same logits at every position and
+    the same keys and values in the cache, to rounding."""
+    from pyllm.backend import backend_module
+    from pyllm.backend._check import decoder_weight_names
+    m = tiny(seed=5)
+    randomize(m, seed=5, scale=0.5)
+    cfg, sd = m.config, m.state_dict()
+    idx = rng.integers(0, cfg.vocab_size, (2, cfg.block_size))
+    caches, logits = {}, {}
+    for be in ("numpy", "c"):
+        caches[be] = np.zeros((cfg.n_layer, 2, 2, cfg.n_head, cfg.block_size, 4), np.float32)
+        dec = backend_module(be).Decoder([sd[n] for n in decoder_weight_names(cfg.n_layer)],
+                                         caches[be], cfg.n_head)
+        logits[be] = np.stack([np.array(dec.step(idx[:, t], t)) for t in range(cfg.block_size)])
+    assert np.all(caches["c"] != 0)
+    np.testing.assert_allclose(logits["c"], logits["numpy"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(caches["c"], caches["numpy"], rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_rejects_bad_input(backend):
@@ -401,18 +417,21 @@ def test_decoder_rejects_bad_input(backend):
     assert np.all(cache == 0)                                             # nothing ran
 
 
-def test_sampling_same_seed_same_tokens_on_both_backends():
-    from conftest import need_c
-    need_c()
+def test_sampling_same_seed_same_tokens_on_both_backends(simd):
+    """Sampling through the KV cache: the same seed gives the same tokens on NumPy and on C at
+    each SIMD level (and on C without the cache)."""
     outs = []
     for be in ("numpy", "c"):
-        pyllm.set_backend(be)
-        m = tiny(seed=4)
-        randomize(m, seed=4, scale=0.2)
-        outs.append(m.generate(np.array([[1, 2]]), 20, temperature=0.9, top_k=6, top_p=0.95,
-                               seed=11))
-    pyllm.set_backend("auto")
+        with using_backend(be):
+            m = tiny(seed=4)
+            randomize(m, seed=4, scale=0.2)
+            outs.append(m.generate(np.array([[1, 2]]), 20, temperature=0.9, top_k=6, top_p=0.95,
+                                   seed=11))
+            if be == "c":
+                outs.append(m.generate(np.array([[1, 2]]), 20, temperature=0.9, top_k=6,
+                                       top_p=0.95, seed=11, use_cache=False))
     assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], outs[2])
     m = tiny(seed=4)
     assert not np.array_equal(m.generate([[1, 2]], 20, temperature=1.0, seed=1),
                               m.generate([[1, 2]], 20, temperature=1.0, seed=2))
