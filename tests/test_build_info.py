@@ -115,3 +115,12 @@ def test_pyllm_simd_environment_variable(value, want):
     else:
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == (want or pyllm.available_simd()[-1])
+
+
+def test_the_python_layer_and_the_header_agree_on_the_abi_version():
+    need_c()
+    import re
+    header = open(os.path.join(CSRC, "pyllm.h")).read()
+    (want,) = re.findall(r"#define PYLLM_ABI_VERSION (\d+)", header)
+    c = backend_module("c")
+    assert c.ABI_VERSION == int(want) == c.lib.pyllm_abi_version()

@@ -10,6 +10,14 @@ from . import _check as chk
 from .. import _ckernels  # ImportError here means the extension was not built
 
 ffi, lib = _ckernels.ffi, _ckernels.lib
+# the C ABI (csrc/pyllm.h PYLLM_ABI_VERSION) these wrappers were written for: an extension built
+# from other sources would be called with the wrong arguments, so it is refused at import
+ABI_VERSION = 8
+if lib.pyllm_abi_version() != ABI_VERSION:
+    raise ImportError("the compiled pyllm._ckernels has C ABI version %d but this pyllm needs %d: "
+                      "it was built from other C sources; rebuild it (pip install -e . in a "
+                      "source checkout, or reinstall pyllm)" % (lib.pyllm_abi_version(),
+                                                               ABI_VERSION))
 DT = chk.F32
 _STATUS = {lib.PYLLM_ERR_SIZE: "a size argument is out of range",
            lib.PYLLM_ERR_INDEX: "an index is out of range",
