@@ -1,26 +1,26 @@
 """Property-based tests (hypothesis): the C kernels agree with the NumPy specification (run in
 float64) on randomly drawn shapes, including the awkward ones -- sizes of 1, primes, sizes just off
 the tile and block edges of the C code (MR 6, NR 16, attention blocks of 64, flat blocks of 16384)
--- and on random data. The fixed shapes of test_kernels.py stay as regression cases; here
-hypothesis searches for a shape that breaks the agreement and shrinks it to the smallest."""
-import numpy as np
+-- and on random data, at every SIMD level the CPU has. The fixed shapes of test_kernels.py stay as
+regression cases; here hypothesis searches for a shape that breaks the agreement and shrinks it to
+the smallest."""
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import pyllm  # noqa: E402
 from conftest import need_c  # noqa: E402
 from pyllm.backend import backend_module  # noqa: E402
-from pyllm.backend import numpy as npk  # noqa: E402
-from test_kernels import (_reduction_length, assert_close, case_adamw_update,  # noqa: E402
-                          case_attention_backward, case_attention_decode, case_attention_forward,
+from test_kernels import (case_adamw_update, case_attention_backward,  # noqa: E402
+                          case_attention_decode, case_attention_forward,
                           case_crossentropy_backward, case_crossentropy_forward,
                           case_encoder_backward, case_encoder_forward, case_gelu_backward,
                           case_gelu_forward, case_gemm, case_layernorm_backward,
                           case_layernorm_forward, case_matmul_backward, case_matmul_forward,
                           case_residual_forward, case_softmax_backward, case_softmax_forward,
-                          run_kernel)
+                          check_outputs, run_kernel, spec_case)
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -32,16 +32,19 @@ rows = st.one_of(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 13, 145, 289]), st.intege
 
 
 def agree(builder, *sizes, seed=0):
-    """Run builder's case on C and on NumPy in float64; every output must agree."""
+    """Run builder's case on C, at every SIMD level this CPU has, and on NumPy in float64; every
+    output must agree within test_kernels.py's tolerances (tests/_close.py's assert_close)."""
     need_c()
-    name, args, outs, tol = builder(np.random.default_rng(seed), *sizes)
-    got = run_kernel(backend_module("c"), name, args)
-    want = run_kernel(npk, name, [a.astype(np.float64) if isinstance(a, np.ndarray)
-                                  and a.dtype == np.float32 else a for a in args])
-    k = _reduction_length(name, args)
-    for i in outs:
-        assert_close(got[i], want[i], tol * max(1.0, np.sqrt(k)),
-                     "%s%s output %d" % (name, sizes, i))
+    name, args, outs, want = spec_case(builder, sizes, seed)
+    prev = pyllm.get_simd()
+    try:
+        for level in pyllm.available_simd():
+            pyllm.set_simd(level)
+            got = run_kernel(backend_module("c"), name, args)
+            check_outputs(name, args, outs, got, want, "%s%s seed %d [%s]" % (name, sizes, seed,
+                                                                            level))
+    finally:
+        pyllm.set_simd(prev)
 
 
 @SETTINGS
