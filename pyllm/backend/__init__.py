@@ -18,17 +18,57 @@ from . import numpy as _numpy_backend
 
 BACKENDS = ("c", "numpy")
 
+
+def _c_import_failure(exc, pkg):
+    """Say, for a user, why the extension ``pyllm._ckernels`` in package directory ``pkg`` did not
+    import (``exc``) and what to do. Three cases: a compiled module is there but does not load
+    (the underlying error is named); none is there in a source checkout run in place (``setup.py``
+    and ``csrc/pyllm.h`` beside the package: build it with ``pip install -e .``); none is there in
+    an installed pyllm (it was not built at install time, for want of a working C compiler)."""
+    import importlib.machinery
+    import sys
+
+    try:
+        names = sorted(os.listdir(pkg))
+    except OSError:
+        names = []
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    loadable = [n for n in names if any(n == "_ckernels" + s for s in suffixes)]
+    other = [n for n in names if n.startswith("_ckernels.") and n.endswith((".so", ".pyd"))
+             and n not in loadable]  # e.g. _ckernels.cpython-310-x86_64-linux-gnu.so on 3.11
+    parent = os.path.dirname(pkg)
+    checkout = (os.path.isfile(os.path.join(parent, "setup.py"))
+                and os.path.isfile(os.path.join(parent, "csrc", "pyllm.h")))
+    rebuild = ("rebuild it with `pip install -e .` in %s" % parent if checkout else
+               "reinstall pyllm to rebuild it: pip install --force-reinstall --no-cache-dir "
+               "pyllm, or `pip install .` in its source directory")
+    if loadable:
+        return ("the compiled module %s is there but does not load (%s: %s); it may have been "
+                "built for another Python or machine, or need a library missing here (such as "
+                "libgomp, the OpenMP runtime); %s"
+                % (os.path.join(pkg, loadable[0]), type(exc).__name__, exc, rebuild))
+    if other:
+        return ("the compiled module %s was built for another Python: this is Python %s, which "
+                "loads only %s; %s" % (os.path.join(pkg, other[0]), sys.version.split()[0],
+                                       " or ".join("_ckernels" + s for s in suffixes), rebuild))
+    if checkout:
+        return ("no compiled _ckernels module in %s: this is a source checkout run in place, and "
+                "its C extension is not built; build it with `pip install -e .` in %s (it needs a "
+                "working C compiler), or run from another directory to use the installed pyllm"
+                % (pkg, parent))
+    return ("pyllm._ckernels was not built when pyllm was installed, as there was no working C "
+            "compiler then; for the fast C kernels, install a C compiler (gcc or clang; the "
+            "Xcode command line tools on macOS; the Microsoft C++ Build Tools on Windows) and "
+            "reinstall pyllm: pip install --force-reinstall --no-cache-dir pyllm, or "
+            "`pip install .` in its source directory")
+
+
 _c_backend = None
 _c_error = None
 try:
     from . import c as _c_backend
-except ImportError as exc:  # extension not built, or built for another Python
-    _c_error = "%s: %s" % (type(exc).__name__, exc)
-    _pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not any(f.startswith("_ckernels") for f in os.listdir(_pkg)):
-        _c_error += (" (no compiled _ckernels module in %s: a source checkout run in place? "
-                     "build it with `pip install -e .`, or run from another directory to use "
-                     "the installed pyllm)" % _pkg)
+except ImportError as exc:  # extension not built, or built for another Python or machine
+    _c_error = _c_import_failure(exc, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class BackendUnavailable(RuntimeError):
@@ -81,8 +121,9 @@ def set_backend(name):
             _state.update(name="c", reason="auto: the C extension imported")
         else:
             if _state["name"] is None or _state["name"] == "c":
-                warnings.warn("pyllm: C extension unavailable (%s); using the NumPy backend, which "
-                              "is much slower" % _c_error, RuntimeWarning, stacklevel=2)
+                warnings.warn("pyllm: C extension unavailable, so pyllm runs on its NumPy "
+                              "backend, which is much slower: %s" % _c_error, RuntimeWarning,
+                              stacklevel=2)
             _state.update(name="numpy", reason="auto: C extension unavailable (%s)" % _c_error)
     else:
         _state.update(name=name, reason="requested explicitly")
