@@ -148,7 +148,7 @@ def load(path, mmap=False):
 _GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 
 
-def load_gpt2(path, n_head=None, mmap=False):
+def load_gpt2(path, n_head=None, mmap=False, with_tokenizer=False):
     """Load a Hugging Face GPT-2 checkpoint (``gpt2`` ... ``gpt2-xl``) with numpy alone.
 
     ``path`` is a directory with ``config.json`` and ``model.safetensors``, or the ``.safetensors``
@@ -156,8 +156,12 @@ def load_gpt2(path, n_head=None, mmap=False):
     or the argument). The ``transformer.`` prefix is accepted, the ``attn.bias`` /
     ``attn.masked_bias`` mask buffers are ignored, and the LM head is taken as tied to ``wte``.
     ``mmap=True`` maps the file as :func:`load` does (float32 files; BF16 or F16 ones are read
-    and widened).
+    and widened). ``with_tokenizer=True`` returns ``(model, tokenizer)``, the tokenizer read by
+    :func:`load_gpt2_tokenizer` from the same directory.
     """
+    if with_tokenizer:
+        model = load_gpt2(path, n_head=n_head, mmap=mmap)
+        return model, load_gpt2_tokenizer(path)
     path = os.fspath(path)
     if n_head is not None:
         if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)):
@@ -215,6 +219,27 @@ def load_gpt2(path, n_head=None, mmap=False):
     except (TypeError, ValueError) as exc:
         raise CheckpointError("%s: %s" % (path, exc)) from None
     return _model_from_tensors(cfg, tensors, path, prefix, mmap=mmap)
+
+
+def load_gpt2_tokenizer(path):
+    """The tokenizer of a Hugging Face GPT-2 directory (or of the directory of a file in it):
+    GPT-2's ``vocab.json`` + ``merges.txt`` (or ``encoder.json`` + ``vocab.bpe``) as a
+    :class:`~pyllm.BPETokenizer` when present, else pyllm's ``tokenizer.txt`` (what ``pyllm
+    export-hf`` writes for a char model, docs/FORMATS.md). ``FileNotFoundError`` if neither."""
+    from .tokenizer import BPETokenizer, load_tokenizer
+    path = os.fspath(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.isdir(directory or "."):
+        raise FileNotFoundError("no such directory: %s" % directory)
+    directory = directory or "."
+    for gpt2_files in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if any(os.path.exists(os.path.join(directory, f)) for f in gpt2_files):
+            return BPETokenizer.from_gpt2(directory)
+    tf = os.path.join(directory, TOKENIZER_FILE)
+    if os.path.exists(tf):
+        return load_tokenizer(tf)
+    raise FileNotFoundError("%s holds no tokenizer: expected GPT-2's vocab.json + merges.txt or "
+                            "pyllm's %s" % (directory, TOKENIZER_FILE))
 
 
 # ---- training checkpoints ----------------------------------------------------------------------

@@ -635,6 +635,13 @@ class GPT:
             tensors = {k: BF16Array.from_float(v) for k, v in tensors.items()}
         save_safetensors(path, tensors, model_metadata(self.config))
 
+    def save_hf(self, directory, tokenizer=None, force=False):
+        """Write a Hugging Face GPT-2 directory (``model.safetensors``, ``config.json`` and the
+        tokenizer's files) that ``transformers.GPT2LMHeadModel.from_pretrained`` and
+        ``pyllm.load_gpt2`` read; see :func:`pyllm.hf_export.export_hf`."""
+        from .hf_export import export_hf
+        return export_hf(self, directory, tokenizer, force=force)
+
     def file_tensors(self):
         """Everything a model file holds, as F32 arrays: the weights (:meth:`state_dict`), then
         any random features (:meth:`buffers`)."""
