@@ -52,7 +52,7 @@ def build_parser():
     ap.add_argument("--version", action="version", version="pyllm " + __version__)
     sub = ap.add_subparsers(dest="command",
                             metavar="{train,sample,quantize,finetune,classify,info,heads,"
-                                    "neighbors}")
+                                    "neighbors,export-hf,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model (default: the tiny preset on text from "
@@ -117,6 +117,10 @@ def build_parser():
     from . import cli_explore, cli_finetune
     cli_explore.add_parsers(sub, add_model_source, _add_backend_args)
     cli_finetune.add_parsers(sub, add_model_source, _add_backend_args)
+    from . import hf_export
+    hf_export.add_parser(sub, add_model_source, _add_backend_args)
+    from . import cli_bench
+    cli_bench.add_parser(sub, _thread_count)
     return ap
 
 
@@ -382,17 +386,24 @@ def describe_model(model, where):
                                    "linear": "linear (elu + 1 features)"}[c.attention])
 
 
+def _cmd_bench(args):
+    from .cli_bench import cmd_bench
+    return cmd_bench(args)
+
+
 def main(argv=None):
     """Entry point of ``python -m pyllm`` and the ``pyllm`` script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         _apply_backend_args(args)
-        from . import cli_explore, cli_finetune
+        from . import cli_explore, cli_finetune, hf_export
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
                 "quantize": cmd_quantize, "finetune": cli_finetune.cmd_finetune,
                 "classify": cli_finetune.cmd_classify,
                 "heads": cli_explore.cmd_heads,
-                "neighbors": cli_explore.cmd_neighbors}[args.command](args)
+                "neighbors": cli_explore.cmd_neighbors,
+                "export-hf": hf_export.cmd_export_hf,
+                "bench": _cmd_bench}[args.command](args)
     except BrokenPipeError:
         return 0
     except MemoryError as exc:
