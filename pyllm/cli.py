@@ -235,7 +235,8 @@ def load_model_and_tokenizer(args):
     from .checkpoint import TOKENIZER_FILE
     if args.gpt2:
         model = pyllm.load_gpt2(args.gpt2)
-        tokenizer = pyllm.BPETokenizer.from_gpt2(args.gpt2)
+        from .checkpoint import load_gpt2_tokenizer
+        tokenizer = load_gpt2_tokenizer(args.gpt2)   # GPT-2 BPE files, or a char export
     else:
         model = pyllm.load(args.ckpt)
         tf = args.tokenizer_file

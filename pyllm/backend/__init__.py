@@ -114,8 +114,8 @@ def set_backend(name):
         raise ValueError("unknown backend %r; choose one of 'auto', 'c', 'numpy'" % name)
     if name == "c" and _c_backend is None:
         raise BackendUnavailable("the C backend was requested but the extension pyllm._ckernels "
-                                 "cannot be imported (%s); reinstall with a C compiler, or use "
-                                 "the NumPy backend" % _c_error)
+                                 "cannot be imported (%s); or use the NumPy backend "
+                                 "(set_backend('numpy'), PYLLM_BACKEND=numpy)" % _c_error)
     if name == "auto":
         if _c_backend is not None:
             _state.update(name="c", reason="auto: the C extension imported")
