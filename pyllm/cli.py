@@ -149,9 +149,12 @@ def _stream_sample(model, tokenizer, prompt, args, use_cache=True, echo=True, st
     try:
         ids = tokenizer.encode(prompt)
     except ValueError as exc:
-        raise SystemExit("error: the prompt cannot be encoded: %s" % exc)
+        raise SystemExit("error: the prompt %r cannot be encoded: %s; use only characters the "
+                         "model's tokenizer knows (a char model knows those of its training "
+                         "text)" % (prompt[:60], exc))
     if not ids:
-        raise SystemExit("error: the prompt encodes to no tokens")
+        raise SystemExit("error: the prompt encodes to no tokens (%r); give a non-empty "
+                         "--prompt" % prompt)
     out = sys.stdout
     if echo:
         out.write(_printable(prompt, out))
@@ -247,11 +250,13 @@ def load_model_and_tokenizer(args):
             raise SystemExit("error: no tokenizer found at %s (pass --tokenizer-file)" % tf)
         tokenizer = pyllm.load_tokenizer(tf)
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise SystemExit("error: the tokenizer (%d ids) does not fit the model (%d)"
+        raise SystemExit("error: the tokenizer (%d ids) does not fit the model (%d): pass the "
+                         "tokenizer the model was trained with (--tokenizer-file)"
                          % (tokenizer.vocab_size, model.config.vocab_size))
     if args.ckpt and tokenizer.vocab_size != model.config.vocab_size:
         # pyllm writes the two together, so they always agree: this is the wrong tokenizer
-        raise SystemExit("error: the tokenizer (%d ids) does not match the model (%d ids)"
+        raise SystemExit("error: the tokenizer (%d ids) does not match the model (%d ids): pass "
+                         "the tokenizer the model was trained with (--tokenizer-file)"
                          % (tokenizer.vocab_size, model.config.vocab_size))
     return model, tokenizer
 
@@ -272,7 +277,8 @@ def cmd_sample(args):
                        stop=end_token(tokenizer))
         return 0
     if args.input is not None:
-        raise ValueError("--input goes with --instruction")
+        raise ValueError("--input %r needs --instruction (the task it is the input to); for "
+                         "plain text use --prompt" % args.input)
     _stream_sample(model, tokenizer, args.prompt, args, use_cache=not args.no_cache)
     return 0
 
@@ -283,7 +289,8 @@ def cmd_quantize(args):
     from .quant import quantize
     src = pyllm.load_gpt2(args.gpt2) if args.gpt2 else pyllm.load(args.ckpt)
     if not isinstance(src, GPT):
-        raise ValueError("%s is already an int8 model" % args.ckpt)
+        raise ValueError("%s is already an int8 model; quantize the float model it came from, "
+                         "or sample it as it is (pyllm sample --ckpt %s)" % (args.ckpt, args.ckpt))
     qm = quantize(src)
     qm.save(args.out)
     fp32 = src.params.nbytes

@@ -80,7 +80,8 @@ def cmd_heads(args):
     from .cli import load_model_and_tokenizer, _printable
     text = _read_text(args)
     if text is not None and not text:
-        raise SystemExit("error: the text is empty")
+        raise SystemExit("error: the text given with %s is empty; give some text to measure"
+                         % ("--file %s" % args.file if getattr(args, "file", None) else "--text"))
     if args.out is not None and os.path.isdir(args.out):
         raise SystemExit("error: --out %s is a directory; give a file name such as heads.html"
                          % args.out)
@@ -99,7 +100,8 @@ def cmd_heads(args):
         except ValueError as exc:
             raise SystemExit("error: the text cannot be encoded: %s" % exc)
         if len(ids) < 2:
-            raise SystemExit("error: the text must be at least 2 tokens to measure a loss")
+            raise SystemExit("error: the text is %d token(s); a loss needs at least 2, so give "
+                             "a longer --text" % len(ids))
         ids = np.asarray(ids[:model.config.block_size + 1], dtype=np.int64)
     if heads:
         names = ", ".join("%d.%d" % lh for lh in heads)

@@ -45,7 +45,8 @@ def _optimizer(trained, args):
     weights, unless --lr says otherwise."""
     import pyllm
     if args.epochs < 1 or args.batch_size < 1:
-        raise ValueError("--epochs and --batch-size must be >= 1")
+        raise ValueError("--epochs and --batch-size must be >= 1, got %d and %d"
+                         % (args.epochs, args.batch_size))
     lora = args.finetune == "lora"
     lr = args.lr if args.lr is not None else (1e-3 if lora else 5e-5)
     return pyllm.AdamW(trained, lr=lr, weight_decay=0.0 if lora else 0.1)
@@ -183,14 +184,16 @@ def cmd_instruct(args):
     from .finetune import end_token, instruction_batch
     data = read_instructions(args.data)
     if not 0 <= args.val_fraction < 1:
-        raise ValueError("--val-fraction must be in [0, 1)")
+        raise ValueError("--val-fraction must be in [0, 1), got %r" % args.val_fraction)
     model, tok = load_model_and_tokenizer(args)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(data))
     n_val = int(round(len(data) * args.val_fraction))
     val, train = [data[i] for i in order[:n_val]], [data[i] for i in order[n_val:]]
     if not train:
-        raise ValueError("no training entries left after the validation split")
+        raise ValueError("%s: no training entries left after the validation split (%d of %d "
+                         "entries); lower --val-fraction (now %g) or add entries"
+                         % (args.data, n_val, len(data), args.val_fraction))
     end, bs = end_token(tok), model.config.block_size
     trained = pyllm.LoRA(model, rank=args.rank, alpha=args.alpha, seed=args.seed) \
         if args.finetune == "lora" else model
