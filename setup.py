@@ -53,7 +53,8 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["pyllm", "pyllm.*"]),
-    package_data={"pyllm.viewer": ["*.html", "*.css", "*.js"]},  # the viewer's page template
+    package_data={"pyllm.viewer": ["*.html", "*.css", "*.js"],   # the viewer's page template
+                  "pyllm.webmodel": ["*.html", "*.js"]},            # export-html's page and model
     install_requires=["numpy>=1.21", "cffi>=1.15"],
     setup_requires=["cffi>=1.15"],
     # setuptools + wheel: the fallback test builds without build isolation (no network);

@@ -52,7 +52,7 @@ def build_parser():
     ap.add_argument("--version", action="version", version="pyllm " + __version__)
     sub = ap.add_subparsers(dest="command",
                             metavar="{train,sample,quantize,finetune,classify,info,heads,"
-                                    "neighbors,export-hf,bench}")
+                                    "neighbors,export-hf,export-html,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model (default: the tiny preset on text from "
@@ -121,6 +121,8 @@ def build_parser():
     hf_export.add_parser(sub, add_model_source, _add_backend_args)
     from . import cli_bench
     cli_bench.add_parser(sub, _thread_count)
+    from . import export_html
+    export_html.add_parser(sub, add_model_source, _add_backend_args)
     return ap
 
 
@@ -404,14 +406,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         _apply_backend_args(args)
-        from . import cli_explore, cli_finetune, hf_export
+        from . import cli_explore, cli_finetune, export_html, hf_export
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info,
                 "quantize": cmd_quantize, "finetune": cli_finetune.cmd_finetune,
                 "classify": cli_finetune.cmd_classify,
                 "heads": cli_explore.cmd_heads,
                 "neighbors": cli_explore.cmd_neighbors,
                 "export-hf": hf_export.cmd_export_hf,
-                "bench": _cmd_bench}[args.command](args)
+                "bench": _cmd_bench,
+                "export-html": export_html.cmd_export_html}[args.command](args)
     except BrokenPipeError:
         return 0
     except MemoryError as exc:

@@ -384,16 +384,11 @@ def write_html(path, model, tokenizer, text, scores=True, max_tokens=512, **scor
     """
     import warnings
 
-    from .tensorfile import atomic_write_text
+    from .tensorfile import atomic_write_text, check_output_file
     from .viewer import MAX_CELLS, render_html
 
     _check_model(model)
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError("%s is a directory; give a file name such as heads.html" % path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError("the folder %s does not exist" % parent)
+    path = check_output_file(path, "heads.html")
     if not _is_int(max_tokens) or max_tokens < 1:
         raise ValueError("max_tokens must be an int >= 1, got %r" % (max_tokens,))
     if isinstance(text, str):

@@ -391,6 +391,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
     _atomic_write(path, lambda f: f.write(data))
 
 
+def check_output_file(path, example):
+    """Refuse, before any work, an output file path that is a directory or whose folder does not
+    exist; ``example`` is a file name to suggest (e.g. ``model.html``). Returns the path."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError("%s is a directory; give a file name such as %s" % (path, example))
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError("the folder %s does not exist" % parent)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically replace (or create) ``path`` with ``text`` encoded as ``encoding``.
 

@@ -373,3 +373,20 @@ class Page:
     def close(self):
         self.browser.call("Target.closeTarget", {"targetId": self.target_id})
         self.browser._pages.pop(self.session_id, None)
+
+
+def browser_session():
+    """A started headless Chromium for a test module (use as a module-scoped fixture); skips
+    the module's browser tests where none can be found or started."""
+    import pytest
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium/Chrome found: install chromium or set PYLLM_CHROMIUM")
+    try:
+        b = Browser(binary, timeout=30).start()
+    except BrowserUnavailable as exc:
+        pytest.skip("Chromium cannot run here: %s" % exc)
+    try:
+        yield b
+    finally:
+        b.close()

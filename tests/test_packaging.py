@@ -122,6 +122,7 @@ def test_sdist_has_what_a_build_and_the_tests_need_and_no_leftovers(dists):
     want |= _tree_files(src, "csrc", r".*\.[ch]")
     want |= _tree_files(src, "pyllm", r".*\.py")
     want |= _tree_files(src, "pyllm/viewer")
+    want |= _tree_files(src, "pyllm/webmodel")
     want |= _tree_files(src, "docs")
     want |= _tree_files(src, "tests", r".*\.py")  # test_*.py, conftest.py and the _*.py helpers
     want |= _tree_files(src, "benchmarks", r".*\.py")
@@ -148,7 +149,8 @@ def test_wheel_has_the_package_and_its_compiled_module_only(dists):
     assert len(compiled) == 1 and any(compiled[0] == "pyllm/_ckernels" + s
                                       for s in EXTENSION_SUFFIXES), compiled
     want = (_tree_files(src, "pyllm", r".*\.py")
-            | _tree_files(src, "pyllm/viewer", r".*\.(html|css|js)"))
+            | _tree_files(src, "pyllm/viewer", r".*\.(html|css|js)")
+            | _tree_files(src, "pyllm/webmodel", r".*\.(html|js)"))
     assert not want - names, "missing from the wheel: %s" % sorted(want - names)
     bad = sorted(n for n in names if n.endswith((".c", ".h", ".o", ".pyc")) or "__pycache__" in n
                  or n.startswith(("tests/", "csrc/", "benchmarks/", "docs/", "build/")))

@@ -48,6 +48,7 @@ def test_readme_runnable_blocks_run(tmp_path):
                                                                         r.stderr[-3000:])
     assert (tmp_path / "block0" / "run1" / "heads.html").exists()
     assert (tmp_path / "block0" / "run1-hf" / "config.json").exists()
+    assert (tmp_path / "block0" / "run1" / "model.html").exists()
 
 
 def test_relative_links_resolve():

@@ -21,7 +21,7 @@ import pytest
 
 from pyllm.viewer import MAX_CELLS, decode_maps, render_html
 
-from _browser import Browser, BrowserUnavailable, find_chromium
+from _browser import browser_session, find_chromium
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -191,19 +191,7 @@ def test_template_files_ship_with_the_package():
 
 # ---- in the browser ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser():
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium/Chrome found: install chromium or set PYLLM_CHROMIUM")
-    try:
-        b = Browser(binary, timeout=30).start()
-    except BrowserUnavailable as exc:
-        pytest.skip("Chromium cannot run here: %s" % exc)
-    try:
-        yield b
-    finally:
-        b.close()
+browser = pytest.fixture(scope="module")(browser_session)
 
 
 L_, NH_ = 3, 4

@@ -1,0 +1,452 @@
+"use strict";
+// pyllm in one web page: a GPT-2 forward pass with a KV cache, in plain JavaScript.
+//
+// The functions below are named and ordered as in pyllm's NumPy backend (pyllm/backend/numpy.py,
+// the readable specification): encoder_forward, layernorm_forward, matmul_forward,
+// attention_decode, gelu_forward, the tied head (gemm with wte^T), then the Decoder that runs
+// one token through every layer, and sample_token (pyllm.model.sample_token) with pyllm's PCG32.
+// No framework, no network: the weights are in the page's JSON data element.
+//
+// Dimension legend: C channels, NH heads, hd = C / NH, V vocabulary, maxT = block_size,
+// L layers. Matrices are stored (OC, C) row-major -- each output's C inputs consecutive (GPT-2
+// keeps them (C, OC); the exporter transposes them) -- so a matmul is one dot product per output.
+// Arithmetic is in float64 (JS numbers), every stored activation rounded to float32.
+(function () {
+  const DATA = JSON.parse(document.getElementById("pyllm-data").textContent);
+  const CFG = DATA.config;
+  const C = CFG.n_embd, NH = CFG.n_head, HD = C / NH, V = CFG.vocab_size, MAXT = CFG.block_size;
+  const L = CFG.n_layer, LN_EPS = 1e-5, GELU_K = Math.sqrt(2 / Math.PI);
+
+  // ---- weights: base64 -> typed arrays (Q8_0 dequantized here) ------------------------------
+  function b64bytes(s) {
+    const bin = atob(s), n = bin.length, u = new Uint8Array(n);
+    for (let i = 0; i < n; i++) u[i] = bin.charCodeAt(i);
+    return u;
+  }
+
+  function loadTensor(t) {
+    if (t.dtype === "f32") return new Float32Array(b64bytes(t.data).buffer);
+    // Q8_0: W[o, i] = scales[o, i / 32] * q[o, i]  (q int8 (OC, C), scales (OC, nb))
+    const q = new Int8Array(b64bytes(t.q).buffer), s = new Float32Array(b64bytes(t.scales).buffer);
+    const OC = t.shape[0], IC = t.shape[1], nb = Math.ceil(IC / 32), w = new Float32Array(OC * IC);
+    for (let o = 0; o < OC; o++)
+      for (let i = 0; i < IC; i++) w[o * IC + i] = s[o * nb + (i >> 5)] * q[o * IC + i];
+    return w;
+  }
+
+  const W = {};
+  for (const name in DATA.tensors) W[name] = loadTensor(DATA.tensors[name]);
+
+  // ---- embedding --------------------------------------------------------------------------
+  // out (C) = wte[tok] (C) + wpe[pos] (C)
+  function encoder_forward(out, tok, wte, wpe, pos) {
+    const a = tok * C, b = pos * C;
+    for (let i = 0; i < C; i++) out[i] = wte[a + i] + wpe[b + i];
+  }
+
+  // ---- layernorm --------------------------------------------------------------------------
+  // out (C) = (inp - mean) * rstd * weight + bias, biased variance, eps 1e-5
+  function layernorm_forward(out, inp, weight, bias) {
+    let m = 0;
+    for (let i = 0; i < C; i++) m += inp[i];
+    m /= C;
+    let v = 0;
+    for (let i = 0; i < C; i++) { const d = inp[i] - m; v += d * d; }
+    const rs = 1 / Math.sqrt(v / C + LN_EPS);
+    for (let i = 0; i < C; i++) out[i] = (inp[i] - m) * rs * weight[i] + bias[i];
+  }
+
+  // ---- matmul -----------------------------------------------------------------------------
+  // out (OC) = inp (IC) @ W^T + bias (OC) + residual (OC); weight (OC, IC) row-major
+  function matmul_forward(out, inp, weight, bias, residual, IC, OC) {
+    for (let o = 0; o < OC; o++) {
+      let acc = 0;
+      const r = o * IC;
+      for (let i = 0; i < IC; i++) acc += inp[i] * weight[r + i];
+      acc += bias[o];
+      out[o] = residual ? residual[o] + acc : acc;
+    }
+  }
+
+  // ---- gelu -------------------------------------------------------------------------------
+  // out = 0.5 inp (1 + tanh(sqrt(2/pi) (inp + 0.044715 inp^3)))
+  function gelu_forward(out, inp, n) {
+    for (let i = 0; i < n; i++) {
+      const x = inp[i];
+      out[i] = 0.5 * x * (1 + Math.tanh(GELU_K * (x + 0.044715 * x * x * x)));
+    }
+  }
+
+  // ---- attention with its KV cache --------------------------------------------------------
+  // One decode step: store the token's k, v (from qkv (3C) = [q | k | v]) at pos in the caches
+  // kcache, vcache (NH, maxT, hd), write out (C), its attention over positions 0..pos.
+  // probs (NH, pos+1), when given, receives the attention weights (the attention view).
+  const scores = new Float64Array(MAXT);
+  function attention_decode(out, kcache, vcache, qkv, pos, probs) {
+    const scale = 1 / Math.sqrt(HD);
+    for (let h = 0; h < NH; h++) {
+      const base = h * MAXT * HD;
+      for (let d = 0; d < HD; d++) {
+        kcache[base + pos * HD + d] = qkv[C + h * HD + d];
+        vcache[base + pos * HD + d] = qkv[2 * C + h * HD + d];
+      }
+      let mx = -Infinity;
+      for (let s = 0; s <= pos; s++) {                       // (pos+1) scores q . k_s / sqrt(hd)
+        let dot = 0;
+        const ks = base + s * HD;
+        for (let d = 0; d < HD; d++) dot += qkv[h * HD + d] * kcache[ks + d];
+        scores[s] = dot * scale;
+        if (scores[s] > mx) mx = scores[s];
+      }
+      let sum = 0;
+      for (let s = 0; s <= pos; s++) { scores[s] = Math.exp(scores[s] - mx); sum += scores[s]; }
+      for (let d = 0; d < HD; d++) out[h * HD + d] = 0;
+      const acc = new Float64Array(HD);
+      for (let s = 0; s <= pos; s++) {                       // softmax-weighted sum of v_s
+        const p = scores[s] / sum, vs = base + s * HD;
+        if (probs) probs[h][s] = p;
+        for (let d = 0; d < HD; d++) acc[d] += p * vcache[vs + d];
+      }
+      for (let d = 0; d < HD; d++) out[h * HD + d] = acc[d];
+    }
+  }
+
+  // ---- tied head --------------------------------------------------------------------------
+  // logits (V) = h (C) @ wte^T  (gemm(logits, h, wte, trans_b=True) in the NumPy backend)
+  function gemm_head(logits, h, wte) {
+    matmul_forward(logits, h, wte, ZERO_V, null, C, V);
+  }
+  const ZERO_V = new Float32Array(V);
+
+  // ---- softmax ----------------------------------------------------------------------------
+  // out (V) = exp(inp - max) / sum(exp(inp - max))
+  function softmax_forward(out, inp) {
+    let mx = -Infinity;
+    for (let i = 0; i < inp.length; i++) if (inp[i] > mx) mx = inp[i];
+    let sum = 0;
+    for (let i = 0; i < inp.length; i++) { out[i] = Math.exp(inp[i] - mx); sum += out[i]; }
+    for (let i = 0; i < inp.length; i++) out[i] /= sum;
+  }
+
+  // ---- the decoder: one token through every layer (pyllm.backend.numpy.Decoder) -------------
+  function Decoder() {
+    const f = (n) => new Float32Array(n);
+    this.x = f(C); this.x2 = f(C); this.h = f(C); this.att = f(C);
+    this.qkv = f(3 * C); this.fc = f(4 * C); this.fcg = f(4 * C); this.logits = f(V);
+    this.kcache = []; this.vcache = [];                      // L x (NH, maxT, hd)
+    for (let i = 0; i < L; i++) { this.kcache.push(f(NH * MAXT * HD)); this.vcache.push(f(NH * MAXT * HD)); }
+    this.record = null;                                      // attention(ids): [L][NH][T][T]
+  }
+
+  // Run token tok at position pos (0 <= pos < maxT); the cache must hold positions 0..pos-1.
+  // Returns the logits (V), in a buffer the next step overwrites.
+  Decoder.prototype.step = function (tok, pos) {
+    const x = this.x, x2 = this.x2, h = this.h;
+    encoder_forward(x, tok, W["wte.weight"], W["wpe.weight"], pos);
+    for (let i = 0; i < L; i++) {
+      const p = "h." + i + ".";
+      layernorm_forward(h, x, W[p + "ln_1.weight"], W[p + "ln_1.bias"]);
+      matmul_forward(this.qkv, h, W[p + "attn.c_attn.weight"], W[p + "attn.c_attn.bias"], null, C, 3 * C);
+      attention_decode(this.att, this.kcache[i], this.vcache[i], this.qkv, pos,
+                       this.record ? this.record[i].map((head) => head[pos]) : null);
+      matmul_forward(x2, this.att, W[p + "attn.c_proj.weight"], W[p + "attn.c_proj.bias"], x, C, C);
+      layernorm_forward(h, x2, W[p + "ln_2.weight"], W[p + "ln_2.bias"]);
+      matmul_forward(this.fc, h, W[p + "mlp.c_fc.weight"], W[p + "mlp.c_fc.bias"], null, C, 4 * C);
+      gelu_forward(this.fcg, this.fc, 4 * C);
+      matmul_forward(x, this.fcg, W[p + "mlp.c_proj.weight"], W[p + "mlp.c_proj.bias"], x2, 4 * C, C);
+    }
+    layernorm_forward(h, x, W["ln_f.weight"], W["ln_f.bias"]);
+    gemm_head(this.logits, h, W["wte.weight"]);
+    return this.logits;
+  };
+
+  // Logits after ids, from an empty cache: the ids at positions 0..T-1 (T <= maxT).
+  Decoder.prototype.prefill = function (ids) {
+    let logits = null;
+    for (let t = 0; t < ids.length; t++) logits = this.step(ids[t], t);
+    return logits;
+  };
+
+  // ---- sampling: pyllm.rng.RNG (PCG32) and pyllm.model.sample_token --------------------------
+  const MASK64 = (1n << 64n) - 1n, MULT = 6364136223846793005n;
+  function RNG(seed, stream) {
+    this.inc = ((BigInt(stream === undefined ? 54 : stream) << 1n) | 1n) & MASK64;
+    this.state = 0n;
+    this.next_u32();
+    this.state = (this.state + (BigInt(seed) & MASK64)) & MASK64;
+    this.next_u32();
+  }
+  RNG.prototype.next_u32 = function () {
+    const old = this.state;
+    this.state = (old * MULT + this.inc) & MASK64;
+    const xs = Number((((old >> 18n) ^ old) >> 27n) & 0xFFFFFFFFn), rot = Number(old >> 59n);
+    return ((xs >>> rot) | (xs << ((32 - rot) & 31))) >>> 0;
+  };
+  RNG.prototype.random = function () {                       // [0, 1), 53 random bits
+    const hi = this.next_u32() >>> 5, lo = this.next_u32() >>> 6;
+    return (hi * 67108864.0 + lo) / 9007199254740992.0;
+  };
+
+  function argmax(z) {                                       // the first largest (np.argmax)
+    let best = 0;
+    for (let i = 1; i < z.length; i++) if (z[i] > z[best]) best = i;
+    return best;
+  }
+
+  // Greedy when temperature is 0. Otherwise: divide by temperature, keep the top_k largest,
+  // softmax, keep the smallest prefix (by descending probability) whose mass reaches top_p,
+  // renormalise, and invert the CDF at one uniform draw. Ties sort by token id.
+  function sample_token(logits, temperature, topK, topP, rng) {
+    for (let i = 0; i < logits.length; i++)
+      if (!isFinite(logits[i])) throw new Error("the model produced non-finite logits");
+    if (temperature === 0) return argmax(logits);
+    let order = Array.from(logits.keys()).sort((a, b) => (logits[b] - logits[a]) || (a - b));
+    if (topK) order = order.slice(0, topK);
+    const z0 = logits[order[0]] / temperature;
+    let p = order.map((i) => Math.exp(logits[i] / temperature - z0));
+    let sum = p.reduce((a, b) => a + b, 0);
+    p = p.map((x) => x / sum);
+    if (topP !== null && topP !== undefined && topP < 1) {
+      let c = 0, keep = p.length;
+      for (let i = 0; i < p.length; i++) { c += p[i]; if (c >= topP) { keep = i + 1; break; } }
+      order = order.slice(0, keep); p = p.slice(0, keep);
+      sum = p.reduce((a, b) => a + b, 0);
+      p = p.map((x) => x / sum);
+    }
+    const u = rng.random();
+    let c = 0;
+    for (let i = 0; i < p.length; i++) { c += p[i]; if (c > u) return order[i]; }
+    return order[order.length - 1];
+  }
+
+  // ---- tokenizer: char (one id per character) or byte-level BPE (pyllm.BPETokenizer) ---------
+  const TOK = DATA.tokenizer;
+  const STOI = new Map();
+  if (TOK.kind === "char") TOK.chars.forEach((ch, i) => STOI.set(ch, i));
+
+  // BPE: the bytes of every id (bytes, then merges in rank order), each pair's merge rank.
+  const BPE = TOK.kind === "bpe" ? (function () {
+    const vocab = new Array(TOK.vocab_size), ranks = new Map(), m = TOK.merges, nm = m.length / 3;
+    TOK.byte_ids.forEach((id, b) => { vocab[id] = [b]; });
+    for (let r = 0; r < nm; r++) {
+      const a = m[3 * r], b = m[3 * r + 1], n = m[3 * r + 2];
+      vocab[n] = vocab[a].concat(vocab[b]);
+      ranks.set(a * 1048576 + b, r);
+    }
+    vocab[TOK.eot_id] = Array.from(new TextEncoder().encode(TOK.special));
+    return { vocab: vocab, ranks: ranks, cache: new Map() };
+  })() : null;
+
+  // GPT-2's pre-tokenizer (pyllm.tokenizer.gpt2_split): \s as Python's str.isspace() without
+  // U+001C..U+001F, letters \p{L}, numbers \p{N}, leftmost-first alternation.
+  const WS = "\\t\\n\\v\\f\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+  const SPLIT = new RegExp("'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" + WS + "\\p{L}\\p{N}]+|["
+                           + WS + "]+(?![^" + WS + "])|[" + WS + "]+", "gu");
+
+  // One chunk's ids: its UTF-8 bytes, then the lowest-rank adjacent pair merged everywhere
+  // (left to right, non-overlapping), repeated while some pair has a merge.
+  function bpe(chunk) {
+    let ids = Array.from(new TextEncoder().encode(chunk), (b) => TOK.byte_ids[b]);
+    const m = TOK.merges;
+    while (ids.length >= 2) {
+      let best = -1;
+      for (let i = 0; i + 1 < ids.length; i++) {
+        const r = BPE.ranks.get(ids[i] * 1048576 + ids[i + 1]);
+        if (r !== undefined && (best < 0 || r < best)) best = r;
+      }
+      if (best < 0) break;
+      const a = m[3 * best], b = m[3 * best + 1], n = m[3 * best + 2], out = [];
+      for (let i = 0; i < ids.length; i++) {
+        if (i + 1 < ids.length && ids[i] === a && ids[i + 1] === b) { out.push(n); i++; } else out.push(ids[i]);
+      }
+      ids = out;
+    }
+    return ids;
+  }
+
+  function bpeEncode(text) {
+    const out = [];
+    String(text).split(TOK.special).forEach((piece, k) => {
+      if (k) out.push(TOK.eot_id);
+      for (const mt of piece.matchAll(SPLIT)) {
+        let ids = BPE.cache.get(mt[0]);
+        if (ids === undefined) { ids = bpe(mt[0]); if (BPE.cache.size < 65536) BPE.cache.set(mt[0], ids); }
+        for (const id of ids) out.push(id);
+      }
+    });
+    return out;
+  }
+
+  // {ids, dropped}: dropped lists the characters the vocabulary does not have (left out).
+  function encodeChecked(text) {
+    if (BPE) return { ids: bpeEncode(text), dropped: [] };
+    const ids = [], dropped = [];
+    for (const ch of String(text)) {
+      const id = STOI.get(ch);
+      if (id === undefined) dropped.push(ch); else ids.push(id);
+    }
+    return { ids: ids, dropped: dropped };
+  }
+  function encode(text) { return encodeChecked(text).ids; }
+  function decode(ids) {
+    if (BPE) {                                               // UTF-8, errors replaced by U+FFFD
+      const bytes = [];
+      for (const id of ids) for (const b of (BPE.vocab[id] || [])) bytes.push(b);
+      return new TextDecoder("utf-8").decode(new Uint8Array(bytes));
+    }
+    let s = "";
+    for (const id of ids) s += id < TOK.chars.length ? TOK.chars[id] : "\ufffd";
+    return s;
+  }
+
+  // ---- the model API --------------------------------------------------------------------------
+  const dec = new Decoder();
+
+  function checkIds(ids) {
+    ids = Array.from(ids, Number);
+    if (ids.length === 0) throw new Error("the prompt has no tokens");
+    for (const t of ids) if (!Number.isInteger(t) || t < 0 || t >= V) throw new Error("token id " + t + " is outside 0.." + (V - 1));
+    return ids;
+  }
+
+  // Last-position logits (V) of ids: a window of the last block_size tokens, as GPT.generate.
+  function forward(ids) {
+    ids = checkIds(ids);
+    return Float32Array.from(dec.prefill(ids.slice(-MAXT)));
+  }
+
+  // Attention weights of ids (their first block_size): maps[l][h][t] a Float32Array(T), row t
+  // over sources 0..t (zeros above the diagonal).
+  function attention(ids) {
+    ids = checkIds(ids).slice(0, MAXT);
+    const T = ids.length, maps = [];
+    for (let l = 0; l < L; l++) {
+      const heads = [];
+      for (let h = 0; h < NH; h++) { const rows = []; for (let t = 0; t < T; t++) rows.push(new Float32Array(T)); heads.push(rows); }
+      maps.push(heads);
+    }
+    dec.record = maps;
+    try { dec.prefill(ids); } finally { dec.record = null; }
+    return { tokens: ids.map((i) => decode([i])), maps: maps };
+  }
+
+  const nextTick = () => new Promise((r) => setTimeout(r, 0));
+
+  // generate(prompt, n, {temperature, topK, topP, seed, onToken}) -> Promise of the continuation.
+  // The same loop as GPT.stream: the cache grows while the text fits block_size; after that each
+  // token is predicted from the last block_size tokens, recomputed (positions shift). Work is cut
+  // into slices of about 15 ms, so the page keeps answering.
+  async function generate(prompt, n, opts) {
+    opts = opts || {};
+    const temperature = opts.temperature === undefined ? 1 : Number(opts.temperature);
+    const topK = opts.topK ? Number(opts.topK) : null;
+    const topP = opts.topP === undefined || opts.topP === null || opts.topP === "" ? null : Number(opts.topP);
+    const rng = new RNG(Math.trunc(Number(opts.seed || 0)));
+    if (!(temperature >= 0)) throw new Error("temperature must be >= 0");
+    const seq = checkIds(typeof prompt === "string" ? encode(prompt) : prompt);
+    const out = [];
+    let logits = null, sliceStart = performance.now();
+    const t0 = performance.now();
+    for (let step = 0; step < n; step++) {
+      const T = seq.length;
+      if (logits !== null && T <= MAXT) logits = dec.step(seq[T - 1], T - 1);
+      else logits = dec.prefill(seq.slice(-MAXT));
+      const nxt = sample_token(logits, temperature, topK, topP, rng);
+      seq.push(nxt); out.push(nxt);
+      api.tokensPerSecond = out.length / Math.max(1e-3, (performance.now() - t0) / 1000);
+      if (opts.onToken) opts.onToken(decode(out), nxt);        // the continuation so far
+      if (opts.signal && opts.signal.stopped) break;
+      if (performance.now() - sliceStart > 15) { await nextTick(); sliceStart = performance.now(); }
+    }
+    return decode(out);
+  }
+
+  const api = {
+    config: CFG, tokenizer: TOK.kind, quantization: DATA.quantization,
+    encode: encode, decode: decode, encodeChecked: encodeChecked,
+    forward: forward, generate: generate, attention: attention,
+    sample_token: sample_token, RNG: RNG, tokensPerSecond: 0, ready: false,
+  };
+  window.pyllm = api;
+
+  // ---- the page ---------------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+  function notice(text) { $("notice").textContent = text; $("notice").hidden = !text; }
+  function droppedNotice(dropped) {
+    if (!dropped.length) return "";
+    const uniq = Array.from(new Set(dropped)).map((c) => JSON.stringify(c)).join(", ");
+    return "Left out " + dropped.length + " character(s) the model's vocabulary does not have: " + uniq;
+  }
+
+  function info() {
+    const rows = [["layers", L], ["heads", NH], ["embedding", C], ["context", MAXT],
+                  ["vocabulary", V + " (" + TOK.kind + ")"], ["weights", DATA.quantization],
+                  ["parameters", DATA.num_params.toLocaleString("en")]];
+    $("info").textContent = rows.map((r) => r[0] + " " + r[1]).join(" \u00b7 ");
+  }
+
+  let running = null;
+  async function onGenerate() {
+    if (running) { running.stopped = true; return; }
+    const { ids, dropped } = encodeChecked($("prompt").value);
+    notice(droppedNotice(dropped));
+    if (!ids.length) { notice((droppedNotice(dropped) + " The prompt has no tokens the model knows.").trim()); return; }
+    const signal = running = { stopped: false };
+    $("generate").textContent = "Stop";
+    $("output").textContent = "";
+    const span = document.createElement("span");
+    span.className = "prompt";
+    span.textContent = decode(ids);
+    $("output").appendChild(span);
+    const gen = document.createTextNode("");
+    $("output").appendChild(gen);
+    try {
+      await generate(ids, Number($("length").value), {
+        temperature: Number($("temperature").value), topK: Number($("topk").value) || null,
+        topP: $("topp").value === "" ? null : Number($("topp").value), seed: Number($("seed").value),
+        signal: signal,
+        onToken: (text) => { gen.data = text; $("speed").textContent = api.tokensPerSecond.toFixed(1) + " tokens/s"; },
+      });
+    } catch (e) {
+      notice(String(e.message || e));
+    } finally {
+      running = null;
+      $("generate").textContent = "Generate";
+    }
+  }
+
+  // ?prompt=...&n=50&temperature=0 writes the continuation into #output;
+  // ?prompt=...&logits=1 writes the last-position logits as JSON into #output.
+  async function queryMode(q) {
+    const { ids, dropped } = encodeChecked(q.get("prompt"));
+    notice(droppedNotice(dropped));
+    $("prompt").value = q.get("prompt");
+    const out = $("output");
+    try {
+      if (q.get("logits") === "1") {
+        out.textContent = JSON.stringify(Array.from(forward(ids)));
+      } else {
+        const num = (k, d) => (q.has(k) && q.get(k) !== "" ? Number(q.get(k)) : d);
+        out.textContent = await generate(ids, num("n", 50), {
+          temperature: num("temperature", 0), topK: num("top_k", null) || num("topK", null),
+          topP: num("top_p", num("topP", null)), seed: num("seed", 0),
+        });
+        $("speed").textContent = api.tokensPerSecond.toFixed(1) + " tokens/s";
+      }
+    } catch (e) {
+      notice(String(e.message || e));
+      out.textContent = "";
+    }
+    document.body.dataset.done = "1";
+    api.done = true;
+  }
+
+  function init() {
+    info();
+    $("generate").addEventListener("click", onGenerate);
+    api.ready = true;
+    const q = new URLSearchParams(location.search);
+    if (q.has("prompt")) queryMode(q); else document.body.dataset.done = "1";
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init); else init();
+})();
