@@ -194,6 +194,60 @@ def test_attention_rows_are_causal_softmax(browser, pages, model):
         np.testing.assert_allclose(maps, want.reshape(maps.shape), atol=1e-4)
 
 
+
+def panel_matches_attention(p, L, NH):
+    """lastPanel's weights are the last row of attention(lastPanel.ids) for its layer/head."""
+    panel = p.eval("pyllm.lastPanel")
+    T = len(panel["ids"])
+    want = p.eval("Array.from(pyllm.attention(pyllm.lastPanel.ids).maps[%d][%d][%d])"
+                  % (panel["layer"], panel["head"], T - 1))
+    got = np.array(panel["weights"])
+    assert got.shape == (T,) and 0 <= panel["layer"] < L and 0 <= panel["head"] < NH
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert abs(got.sum() - 1) <= 1e-5
+    # the strip shows one token-labelled cell per token, its weight in the title
+    titles = p.eval("Array.from(document.querySelectorAll('#attn-row span'), e => e.title)")
+    assert len(titles) == T
+    assert all(t.endswith("%.4f" % w) for t, w in zip(titles, got))
+    return panel
+
+
+def test_attention_panel_after_generation(browser, pages, model):
+    L, NH, B = model.config.n_layer, model.config.n_head, model.config.block_size
+    p = open_query(browser, pages["f32"], prompt=PROMPT, n=25, temperature=0)
+    out = p.eval("document.getElementById('output').textContent")
+    assert not p.eval("document.getElementById('attn').hidden")
+    assert p.eval("document.querySelectorAll('#attn-grid canvas').length") == L * NH
+    panel = panel_matches_attention(p, L, NH)
+    assert panel["ids"] == TOK.encode(PROMPT + out)[-B:]               # capped to block_size
+    assert (panel["layer"], panel["head"]) == (0, 0)
+    # the grid's maps: causal upper triangle blank, the diagonal drawn
+    T = len(panel["ids"])
+    alpha = p.eval("(() => { const c = document.querySelectorAll('#attn-grid canvas')[%d]"
+                   ".getContext('2d'); return [c.getImageData(%d, 0, 1, 1).data[3],"
+                   " c.getImageData(%d, %d, 1, 1).data[3]]; })()" % (L * NH - 1, T - 1, T - 1, T - 1))
+    assert alpha == [0, 255]
+    # changing the selector redraws the strip for that head
+    p.eval("(() => { const l = document.getElementById('attn-layer'), "
+           "h = document.getElementById('attn-head'); l.value = '%d'; h.value = '%d'; "
+           "l.dispatchEvent(new Event('change')); h.dispatchEvent(new Event('change')); })()"
+           % (L - 1, NH - 2))
+    panel = panel_matches_attention(p, L, NH)
+    assert (panel["layer"], panel["head"]) == (L - 1, NH - 2)
+    # clicking a map in the grid picks it
+    p.click(*p.center_of("#attn-grid canvas:nth-child(%d)" % (NH + 2)))
+    panel = panel_matches_attention(p, L, NH)
+    assert (panel["layer"], panel["head"]) == (1, 1)
+    assert p.eval("document.querySelectorAll('#attn-grid canvas.sel').length") == 1
+    # refreshing for another text, also through the API and for a short one
+    for text, l, h in [("abcabcab", 2, 3), ("x" * 80, 3, 0)]:
+        p.eval("pyllm.showAttention(%s, %d, %d) && 0" % (json.dumps(text), l, h))
+        panel = panel_matches_attention(p, L, NH)
+        assert (panel["layer"], panel["head"]) == (l, h)
+        assert panel["ids"] == TOK.encode(text)[-B:]
+        assert p.eval("document.querySelectorAll('#attn-grid canvas').length") == L * NH
+    check_clean(p)
+
 def test_generate_button_streams_and_shows_speed(browser, pages):
     p = open_query(browser, pages["f32"])
     p.eval("document.getElementById('prompt').value = 'Hello'; "
@@ -207,6 +261,11 @@ def test_generate_button_streams_and_shows_speed(browser, pages):
     assert time.monotonic() - t0 >= 0
     assert len(p.eval("document.getElementById('output').textContent")) == 5 + 50
     assert "tokens/s" in p.eval("document.getElementById('speed').textContent")
+    # the attention panel was drawn for prompt + continuation when the generation finished
+    assert p.eval("pyllm.lastPanel.ids.length") == 5 + 50
+    assert p.eval("pyllm.decode(pyllm.lastPanel.ids)") == p.eval(
+        "document.getElementById('output').textContent")
+    assert p.eval("document.querySelectorAll('#attn-grid canvas').length") == 4 * 4
     check_clean(p)
 
 

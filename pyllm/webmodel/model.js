@@ -385,6 +385,95 @@
     $("info").textContent = rows.map((r) => r[0] + " " + r[1]).join(" \u00b7 ");
   }
 
+
+  // ---- the attention panel ------------------------------------------------------------------
+  // Viridis (colour-blind safe), linear between ten anchors; t in [0, 1] -> [r, g, b].
+  const VIRIDIS = [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+                   [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]];
+  function viridis(t) {
+    t = Math.min(1, Math.max(0, t || 0)) * (VIRIDIS.length - 1);
+    const i = Math.min(VIRIDIS.length - 2, Math.floor(t)), f = t - i, a = VIRIDIS[i], b = VIRIDIS[i + 1];
+    return [0, 1, 2].map((k) => Math.round(a[k] + f * (b[k] - a[k])));
+  }
+  function shownToken(s) {
+    return s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/ /g, "\u2423") || "\u2205";
+  }
+  function rowMax(row) { let m = 0; for (let i = 0; i < row.length; i++) if (row[i] > m) m = row[i]; return m || 1; }
+
+  let panel = null;                                          // {ids, tokens, maps} of the text shown
+  function fillSelect(sel, n, value) {
+    if (sel.options.length !== n) {
+      sel.textContent = "";
+      for (let i = 0; i < n; i++) { const o = document.createElement("option"); o.value = o.textContent = String(i); sel.appendChild(o); }
+    }
+    sel.value = String(value);
+  }
+
+  // The chosen head's last row as a strip of token cells (colour, title = weight) and the grid's
+  // highlight; records what it drew in api.lastPanel.
+  function drawSelected() {
+    if (!panel) return null;
+    const layer = Number($("attn-layer").value) || 0, head = Number($("attn-head").value) || 0;
+    const T = panel.ids.length, row = panel.maps[layer][head][T - 1], m = rowMax(row);
+    const strip = $("attn-row");
+    strip.textContent = "";
+    for (let j = 0; j < T; j++) {
+      const c = viridis(row[j] / m), cell = document.createElement("span");
+      cell.textContent = shownToken(panel.tokens[j]);
+      cell.style.background = "rgb(" + c.join(",") + ")";
+      cell.style.color = row[j] / m > 0.55 ? "#000" : "#fff";
+      cell.title = JSON.stringify(panel.tokens[j]) + " #" + j + ": " + row[j].toFixed(4);
+      strip.appendChild(cell);
+    }
+    const cells = $("attn-grid").children;
+    for (let k = 0; k < cells.length; k++) cells[k].classList.toggle("sel", k === layer * NH + head);
+    api.lastPanel = { layer: layer, head: head, ids: panel.ids.slice(), tokens: panel.tokens.slice(),
+                      weights: Array.from(row) };
+    return api.lastPanel;
+  }
+
+  // One canvas per (layer, head), T x T pixels: row t over sources 0..t, blank above the diagonal.
+  function drawGrid() {
+    const grid = $("attn-grid"), T = panel.ids.length;
+    grid.textContent = "";
+    grid.style.gridTemplateColumns = "repeat(" + NH + ", minmax(0, 1fr))";
+    for (let l = 0; l < L; l++) for (let h = 0; h < NH; h++) {
+      const cv = document.createElement("canvas");
+      cv.width = cv.height = T;
+      cv.title = "layer " + l + ", head " + h;
+      cv.dataset.layer = l; cv.dataset.head = h;
+      const ctx = cv.getContext("2d"), img = ctx.createImageData(T, T), map = panel.maps[l][h];
+      for (let t = 0; t < T; t++) {
+        const row = map[t], m = rowMax(row);
+        for (let s = 0; s <= t; s++) {
+          const c = viridis(row[s] / m), o = 4 * (t * T + s);
+          img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
+        }
+      }
+      ctx.putImageData(img, 0, 0);
+      cv.addEventListener("click", () => { fillSelect($("attn-layer"), L, l); fillSelect($("attn-head"), NH, h); drawSelected(); });
+      grid.appendChild(cv);
+    }
+  }
+
+  // showAttention(text or ids[, layer, head]): the panel for the last block_size tokens.
+  function showAttention(text, layer, head) {
+    const ids = checkIds(typeof text === "string" ? encode(text) : text).slice(-MAXT);
+    const att = attention(ids);
+    panel = { ids: ids, tokens: att.tokens, maps: att.maps };
+    const cl = (v, n, d) => (v === undefined || v === null ? d : Math.min(n - 1, Math.max(0, Math.trunc(Number(v)) || 0)));
+    fillSelect($("attn-layer"), L, cl(layer, L, Number($("attn-layer").value) || 0));
+    fillSelect($("attn-head"), NH, cl(head, NH, Number($("attn-head").value) || 0));
+    drawGrid();
+    $("attn").hidden = false;
+    return drawSelected();
+  }
+  function refreshPanel(ids) {
+    try { if (ids.length) showAttention(ids); } catch (e) { notice(String(e.message || e)); }
+  }
+  api.showAttention = showAttention;
+  api.lastPanel = null;
+
   let running = null;
   async function onGenerate() {
     if (running) { running.stopped = true; return; }
@@ -400,12 +489,13 @@
     $("output").appendChild(span);
     const gen = document.createTextNode("");
     $("output").appendChild(gen);
+    const all = ids.slice();                                 // the text so far, as ids
     try {
       await generate(ids, Number($("length").value), {
         temperature: Number($("temperature").value), topK: Number($("topk").value) || null,
         topP: $("topp").value === "" ? null : Number($("topp").value), seed: Number($("seed").value),
         signal: signal,
-        onToken: (text) => { gen.data = text; $("speed").textContent = api.tokensPerSecond.toFixed(1) + " tokens/s"; },
+        onToken: (text, nxt) => { all.push(nxt); gen.data = text; $("speed").textContent = api.tokensPerSecond.toFixed(1) + " tokens/s"; },
       });
     } catch (e) {
       notice(String(e.message || e));
@@ -413,6 +503,7 @@
       running = null;
       $("generate").textContent = "Generate";
     }
+    refreshPanel(all);
   }
 
   // ?prompt=...&n=50&temperature=0 writes the continuation into #output;
@@ -427,11 +518,14 @@
         out.textContent = JSON.stringify(Array.from(forward(ids)));
       } else {
         const num = (k, d) => (q.has(k) && q.get(k) !== "" ? Number(q.get(k)) : d);
+        const all = ids.slice();
         out.textContent = await generate(ids, num("n", 50), {
           temperature: num("temperature", 0), topK: num("top_k", null) || num("topK", null),
           topP: num("top_p", num("topP", null)), seed: num("seed", 0),
+          onToken: (text, nxt) => all.push(nxt),
         });
         $("speed").textContent = api.tokensPerSecond.toFixed(1) + " tokens/s";
+        refreshPanel(all);
       }
     } catch (e) {
       notice(String(e.message || e));
@@ -444,6 +538,8 @@
   function init() {
     info();
     $("generate").addEventListener("click", onGenerate);
+    $("attn-layer").addEventListener("change", drawSelected);
+    $("attn-head").addEventListener("change", drawSelected);
     api.ready = true;
     const q = new URLSearchParams(location.search);
     if (q.has("prompt")) queryMode(q); else document.body.dataset.done = "1";
