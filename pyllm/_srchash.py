@@ -20,3 +20,18 @@ def source_hash(csrc_dir):
             data = f.read()
         h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode("ascii") + b"\0" + data)
     return h.hexdigest()
+
+
+def describe_sources(built, csrc=None):
+    """The extension's source fingerprint and, in a source checkout (or for ``csrc``), whether
+    those C sources still match it (a mismatch means an editable install whose extension is
+    older than its C sources)."""
+    if csrc is None:
+        csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    if not os.path.isfile(os.path.join(csrc, "pyllm.h")):
+        return "sha256 %s" % built[:16]
+    tree = source_hash(csrc)
+    if tree == built:
+        return "sha256 %s (matches %s)" % (built[:16], csrc)
+    return ("sha256 %s, but %s is now %s: the extension is stale; rebuild it with "
+            "`pip install -e .`" % (built[:16], csrc, tree[:16]))

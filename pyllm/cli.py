@@ -347,6 +347,7 @@ def cmd_info(args):
     else:
         c = backend_module("c")
         print("C extension: %s" % c.build_info())
+        from ._srchash import describe_sources
         print("C sources: %s" % describe_sources(c.source_hash()))
         print("OpenMP: %s, threads: %d; SIMD level: %s (available: %s; force one with "
               "PYLLM_SIMD)" % ("yes" if c.has_openmp() else "no", pyllm.get_num_threads(),
@@ -363,22 +364,6 @@ def cmd_info(args):
     if args.ckpt:
         describe_model(pyllm.load(args.ckpt), args.ckpt)
     return 0
-
-
-def describe_sources(built, csrc=None):
-    """The extension's source fingerprint and, in a source checkout (or for ``csrc``), whether
-    those C sources still match it (a mismatch means an editable install whose extension is
-    older than its C sources)."""
-    from ._srchash import source_hash
-    if csrc is None:
-        csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-    if not os.path.isfile(os.path.join(csrc, "pyllm.h")):
-        return "sha256 %s" % built[:16]
-    tree = source_hash(csrc)
-    if tree == built:
-        return "sha256 %s (matches %s)" % (built[:16], csrc)
-    return ("sha256 %s, but %s is now %s: the extension is stale; rebuild it with "
-            "`pip install -e .`" % (built[:16], csrc, tree[:16]))
 
 
 def describe_model(model, where):

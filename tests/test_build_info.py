@@ -40,8 +40,7 @@ def test_the_extension_was_built_from_the_sources_in_this_tree():
 
 
 def test_pyllm_info_names_a_stale_build(tmp_path):
-    from pyllm._srchash import source_hash
-    from pyllm.cli import describe_sources
+    from pyllm._srchash import describe_sources, source_hash
     copy = tmp_path / "csrc"
     shutil.copytree(CSRC, copy)
     built = source_hash(str(copy))

@@ -519,16 +519,19 @@ def numeric_grad(f, x, eps=1e-6, max_points=40, rng=None):
     pts = np.arange(flat.size)
     if flat.size > max_points:
         pts = (rng or np.random.default_rng(0)).choice(flat.size, max_points, replace=False)
-    g = {}
-    for i in pts:
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        g[int(i)] = (fp - fm) / (2 * eps)
-    return g
+    return {int(i): central_difference(f, flat, i, eps) for i in pts}
+
+
+def central_difference(f, flat, i, eps):
+    """(f(x + eps e_i) - f(x - eps e_i)) / 2 eps, perturbing the flat array in place and
+    restoring it."""
+    old = flat[i]
+    flat[i] = old + eps
+    fp = f()
+    flat[i] = old - eps
+    fm = f()
+    flat[i] = old
+    return (fp - fm) / (2 * eps)
 
 
 def f64(rng, *shape, scale=1.0):
@@ -558,15 +561,7 @@ def assert_fd_close(params, ana, picks, loss, step=FD_STEP, rtol=1e-5, floor_ulp
     ``params`` (perturbed in place and restored) against the analytic gradient ``ana`` (flat):
     relative ``rtol``, with a floor of floor_ulps * eps64 * |loss| / step -- what the difference
     of two losses, each rounded to a few ulps of |loss|, can resolve."""
-    num = []
-    for i in picks:
-        old = params[i]
-        params[i] = old + step
-        lp = loss()
-        params[i] = old - step
-        lm = loss()
-        params[i] = old
-        num.append((lp - lm) / (2 * step))
+    num = [central_difference(loss, params, i, step) for i in picks]
     picks = np.asarray(picks)
     assert_close(np.asarray(ana)[picks], np.array(num), rtol=rtol, floor_ulps=floor_ulps,
                  eps=np.finfo(np.float64).eps, scale=abs(loss()) / step,
