@@ -49,19 +49,53 @@ from pyllm.plot import write_loss_curve  # noqa: E402
 RECIPE = dict(vocab=64, ctx=32, n_head=4, n_embd=64, batch=256, steps=2000, lr=3e-3,
               warmup=100, weight_decay=0.1, clip=1.0, pmin=3, pmax=16, eval_period=12,
               trigram_frac=0.5, trigram_p=0.9, trigram_map="permutation", trigram_chains=1,
-              short_frac=0.0, corrupt=0.0, layout="twice", n_pairs=4, log_every=50,
-              eval_seqs=64)
+              short_frac=0.0, corrupt=0.0, layout="twice", n_pairs=4, n_trig=3,
+              trig_p=0.15, succ=4, trig_mask_all=1, log_every=50, eval_seqs=64)
 QUICK = dict(RECIPE, batch=16, steps=20, log_every=10, eval_seqs=8)
 
 
 # ---- data ------------------------------------------------------------------------------------
 
-def make_batch(rng, r, perm, B):
+def trigger_rows(rng, r, chain, B):
+    """``layout=triggers``: rows of a fixed random bigram chain (each token has ``succ`` equally
+    likely successors) into which, with probability ``trig_p`` per position, one of ``n_trig``
+    trigger tokens drawn for the row is planted, always followed by the row's own output token for
+    it. Predicting an output from its trigger's second appearance on needs an induction head; the
+    token before a trigger is the chain's, so no longer prefix helps."""
+    T, V = r["ctx"], r["vocab"]
+    seq = np.empty((B, T + 1), dtype=np.int64)
+    mask = np.zeros((B, T), dtype=bool)
+    for b in range(B):
+        trig = rng.choice(V, size=r["n_trig"], replace=False)
+        out = rng.integers(0, V, size=r["n_trig"])
+        seen = np.zeros(r["n_trig"], dtype=bool)
+        seq[b, 0] = rng.integers(0, V)
+        t = 1
+        while t <= T:
+            if rng.random() < r["trig_p"] and t < T:
+                k = int(rng.integers(r["n_trig"]))
+                seq[b, t], seq[b, t + 1] = trig[k], out[k]
+                if seen[k]:
+                    mask[b, t] = True
+                seen[k] = True
+                t += 2
+            else:
+                seq[b, t] = chain[seq[b, t - 1], rng.integers(r["succ"])]
+                t += 1
+        if r["trig_mask_all"]:
+            mask[b] = True
+    return seq[:, :-1], seq[:, 1:], mask
+
+
+def make_batch(rng, r, tables, B):
     """B rows of ``r["ctx"] + 1`` tokens: inputs x (B, T), targets y (B, T) and the loss mask
     (B, T). A fraction ``trigram_frac`` are skip-trigram rows (every position counts); the rest
     are repeat rows: only the predictions of the copy's tokens 2..P count (its first token
     cannot be foreseen)."""
     T, V = r["ctx"], r["vocab"]
+    if r["layout"] == "triggers":
+        return trigger_rows(rng, r, tables["chain"], B)
+    perm = tables["pi"]
     seq = rng.integers(0, V, size=(B, T + 1))
     mask = np.zeros((B, T), dtype=bool)
     periods = [p for p in range(r["pmin"], r["pmax"] + 1) if p != r["eval_period"]]
@@ -107,10 +141,13 @@ def make_batch(rng, r, perm, B):
 
 
 def trigram_map(r, seed):
-    """pi of the skip-trigram rows: the identity, or a random permutation of the vocabulary."""
-    if r["trigram_map"] == "identity":
-        return np.arange(r["vocab"])
-    return np.random.default_rng([seed, 3]).permutation(r["vocab"])
+    """The fixed tables of a run: ``pi`` of the skip-trigram rows (the identity, or a random
+    permutation of the vocabulary) and ``chain``, the successors (V, succ) of the trigger rows'
+    bigram chain."""
+    V = r["vocab"]
+    pi = np.arange(V) if r["trigram_map"] == "identity" \
+        else np.random.default_rng([seed, 3]).permutation(V)
+    return dict(pi=pi, chain=np.random.default_rng([seed, 5]).integers(0, V, size=(V, r["succ"])))
 
 
 def repeated_half(model, S, n, seed):
@@ -139,7 +176,7 @@ def train(r, n_layer, seed, log, tag):
                           n_head=r["n_head"], n_embd=r["n_embd"])
     model = pyllm.GPT(cfg, seed=seed)
     opt = pyllm.AdamW(model, lr=r["lr"], betas=(0.9, 0.98), weight_decay=r["weight_decay"])
-    perm = trigram_map(r, seed)
+    tables = trigram_map(r, seed)
     data = np.random.default_rng([seed, 1])
     S = r["eval_period"]
     hx, hy, hm = repeated_half(model, S, r["eval_seqs"], seed + 2)
@@ -159,7 +196,7 @@ def train(r, n_layer, seed, log, tag):
         if step == r["steps"]:
             break
         opt.lr = r["lr"] * min(1.0, (step + 1) / r["warmup"])
-        x, y, mask = make_batch(data, r, perm, r["batch"])
+        x, y, mask = make_batch(data, r, tables, r["batch"])
         loss, grads = model.loss_and_grads(x, y, mask=mask)
         if not math.isfinite(loss):
             raise RuntimeError("loss is %r at step %d" % (loss, step))

@@ -68,9 +68,10 @@ def test_induction_data_marks_exactly_the_predictable_copy():
     """Repeat rows: the masked inputs form one block whose next tokens repeat the token one
     period back, at a period other than the held-out one; skip-trigram rows follow pi."""
     ih = _induction_module()
-    r = dict(ih.RECIPE)
-    perm = ih.trigram_map(r, 0)
-    x, y, mask = ih.make_batch(np.random.default_rng(1), r, perm, 400)
+    r = dict(ih.RECIPE, layout="twice")
+    tables = ih.trigram_map(r, 0)
+    perm = tables["pi"]
+    x, y, mask = ih.make_batch(np.random.default_rng(1), r, tables, 400)
     seq = np.concatenate([x, y[:, -1:]], axis=1)
     n_rep = n_tri = 0
     for b in range(len(x)):
@@ -88,6 +89,26 @@ def test_induction_data_marks_exactly_the_predictable_copy():
         # and the token before the block is the copy's first one, P back
         assert seq[b, t[0]] == seq[b, t[0] - P]
     assert n_rep > 100 and n_tri > 100
+
+
+def test_induction_trigger_rows_are_solvable_by_induction_and_follow_the_chain():
+    """Trigger rows: each marked input is a token seen before in its row, and its target is a
+    token that followed an earlier appearance; most transitions follow the bigram chain."""
+    ih = _induction_module()
+    r = dict(ih.RECIPE, layout="triggers", trig_mask_all=0)
+    tables = ih.trigram_map(r, 0)
+    chain = tables["chain"]
+    x, y, mask = ih.make_batch(np.random.default_rng(2), r, tables, 200)
+    assert x.shape == (200, r["ctx"]) and mask.sum() > 200
+    seq = np.concatenate([x, y[:, -1:]], axis=1)
+    for b, t in zip(*np.nonzero(mask)):
+        earlier = np.flatnonzero(seq[b, :t] == seq[b, t])
+        assert len(earlier) and y[b, t] in seq[b, earlier + 1]
+    follows = np.array([[seq[b, t + 1] in chain[seq[b, t]] for t in range(r["ctx"])]
+                        for b in range(len(x))])
+    assert 0.6 < follows.mean() < 0.95
+    # every position counts when trig_mask_all is on (the default)
+    assert ih.make_batch(np.random.default_rng(2), dict(r, trig_mask_all=1), tables, 4)[2].all()
 
 
 def test_induction_heads_quick_reports_scores_ablations_control_and_plot(tmp_path):

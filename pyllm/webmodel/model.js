@@ -68,6 +68,32 @@
     }
   }
 
+  // The same for T rows at once: out (T, OC) = inp (T, IC) @ W^T + bias + residual (T, OC).
+  // Each output's sum runs over i in the same order as matmul_forward, so every row equals what
+  // matmul_forward gives it; four rows share each weight read (the prefill's speed).
+  function matmul_forward_rows(out, inp, weight, bias, residual, T, IC, OC) {
+    let t = 0;
+    for (; t + 4 <= T; t += 4) {
+      const i0 = t * IC, i1 = i0 + IC, i2 = i1 + IC, i3 = i2 + IC;
+      for (let o = 0; o < OC; o++) {
+        let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        const r = o * IC;
+        for (let i = 0; i < IC; i++) {
+          const w = weight[r + i];
+          a0 += inp[i0 + i] * w; a1 += inp[i1 + i] * w; a2 += inp[i2 + i] * w; a3 += inp[i3 + i] * w;
+        }
+        const b = bias[o], k = t * OC + o;
+        out[k] = residual ? residual[k] + (a0 + b) : a0 + b;
+        out[k + OC] = residual ? residual[k + OC] + (a1 + b) : a1 + b;
+        out[k + 2 * OC] = residual ? residual[k + 2 * OC] + (a2 + b) : a2 + b;
+        out[k + 3 * OC] = residual ? residual[k + 3 * OC] + (a3 + b) : a3 + b;
+      }
+    }
+    for (; t < T; t++)
+      matmul_forward(out.subarray(t * OC, (t + 1) * OC), inp.subarray(t * IC, (t + 1) * IC), weight,
+                     bias, residual ? residual.subarray(t * OC, (t + 1) * OC) : null, IC, OC);
+  }
+
   // ---- gelu -------------------------------------------------------------------------------
   // out = 0.5 inp (1 + tanh(sqrt(2/pi) (inp + 0.044715 inp^3)))
   function gelu_forward(out, inp, n) {
@@ -160,11 +186,34 @@
     return this.logits;
   };
 
-  // Logits after ids, from an empty cache: the ids at positions 0..T-1 (T <= maxT).
+  // Logits after ids, from an empty cache: the ids at positions 0..T-1 (T <= maxT), all T
+  // positions a layer at a time (the rows of each matmul together), then the head for the last
+  // one. Every value equals what step() would give it at its position.
   Decoder.prototype.prefill = function (ids) {
-    let logits = null;
-    for (let t = 0; t < ids.length; t++) logits = this.step(ids[t], t);
-    return logits;
+    const T = ids.length, f = (n) => new Float32Array(n);
+    if (!this.rows) this.rows = { x: f(MAXT * C), x2: f(MAXT * C), h: f(MAXT * C), att: f(MAXT * C),
+                                  qkv: f(MAXT * 3 * C), fc: f(MAXT * 4 * C), fcg: f(MAXT * 4 * C) };
+    const R = this.rows, row = (a, t, n) => a.subarray(t * n, (t + 1) * n);
+    const layernorm_rows = (out, inp, w, b) => {
+      for (let t = 0; t < T; t++) layernorm_forward(row(out, t, C), row(inp, t, C), w, b);
+    };
+    for (let t = 0; t < T; t++) encoder_forward(row(R.x, t, C), ids[t], W["wte.weight"], W["wpe.weight"], t);
+    for (let i = 0; i < L; i++) {
+      const p = "h." + i + ".";
+      layernorm_rows(R.h, R.x, W[p + "ln_1.weight"], W[p + "ln_1.bias"]);
+      matmul_forward_rows(R.qkv, R.h, W[p + "attn.c_attn.weight"], W[p + "attn.c_attn.bias"], null, T, C, 3 * C);
+      for (let t = 0; t < T; t++)                            // position t sees the cache 0..t
+        attention_decode(row(R.att, t, C), this.kcache[i], this.vcache[i], row(R.qkv, t, 3 * C), t,
+                         this.record ? this.record[i].map((head) => head[t]) : null);
+      matmul_forward_rows(R.x2, R.att, W[p + "attn.c_proj.weight"], W[p + "attn.c_proj.bias"], R.x, T, C, C);
+      layernorm_rows(R.h, R.x2, W[p + "ln_2.weight"], W[p + "ln_2.bias"]);
+      matmul_forward_rows(R.fc, R.h, W[p + "mlp.c_fc.weight"], W[p + "mlp.c_fc.bias"], null, T, C, 4 * C);
+      gelu_forward(R.fcg, R.fc, T * 4 * C);
+      matmul_forward_rows(R.x, R.fcg, W[p + "mlp.c_proj.weight"], W[p + "mlp.c_proj.bias"], R.x2, T, 4 * C, C);
+    }
+    layernorm_forward(this.h, row(R.x, T - 1, C), W["ln_f.weight"], W["ln_f.bias"]);
+    gemm_head(this.logits, this.h, W["wte.weight"]);
+    return this.logits;
   };
 
   // ---- sampling: pyllm.rng.RNG (PCG32) and pyllm.model.sample_token --------------------------
