@@ -1,7 +1,7 @@
 """How fast the page of ``pyllm export-html`` generates, in headless Chromium.
 
     python benchmarks/bench_webmodel.py               # 200 tokens, 5 rounds, three cases
-    python benchmarks/bench_webmodel.py --quick       # CI: 20 tokens, 1 round
+    python benchmarks/bench_webmodel.py --quick       # CI: 10 tokens, 1 round
 
 The model has the shape of the Shakespeare-char recipe (``benchmarks/shakespeare_char.py``: a
 character vocabulary of 65, 4 layers, 4 heads, 128 channels: 0.80M parameters); its weights are
@@ -86,10 +86,10 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="threads of the Python comparison")
-    ap.add_argument("--quick", action="store_true", help="20 tokens, 1 round (CI)")
+    ap.add_argument("--quick", action="store_true", help="10 tokens, 1 round (CI)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.tokens, args.rounds = 20, 1
+        args.tokens, args.rounds = 10, 1
     if args.tokens < 1 or args.rounds < 1:
         ap.error("--tokens and --rounds must be at least 1")
     if find_chromium() is None:

@@ -314,3 +314,20 @@ def test_gpt2_directory_through_the_cli(browser, tmp_path, capsys):
     got = np.array(json.loads(p.eval("document.getElementById('output').textContent")))
     want = pyllm.quantize(loaded).forward(np.array(ltok.encode("we'll see")))[0, -1]
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.slow
+def test_bench_webmodel_quick_runs():
+    import os
+    import re
+    import subprocess
+    import sys
+    from _browser import find_chromium
+    if find_chromium() is None:
+        pytest.skip("no Chromium/Chrome found: install chromium or set PYLLM_CHROMIUM")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_webmodel.py"),
+                        "--quick"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for case in ("context 256", "context 64, filling", "context 64, sliding"):
+        assert re.search(r"^%s\s+\d+ \(\d+-\d+\)\s+\d+ \(\d+-\d+\)$" % case, r.stdout, re.M), r.stdout
