@@ -115,7 +115,7 @@ def test_induction_heads_quick_reports_scores_ablations_control_and_plot(tmp_pat
     svg = tmp_path / "ih.svg"
     out = run_bench("induction_heads.py", "--out", str(svg))
     for layer in range(2):
-        for head in range(2):
+        for head in range(3):
             assert re.search(r"^%d\.%d\s+-?\d+\.\d\d\s+-?\d+\.\d\d" % (layer, head), out, re.M), out
     assert re.search(r"induction\s*$", out, re.M) and "previous-token" in out
     assert "1-layer step" in out
