@@ -1,6 +1,6 @@
 """Induction heads in a 2-layer pyllm GPT: the phase change, measured and ablated.
 
-    python benchmarks/induction_heads.py            # about 5 minutes on two cores
+    python benchmarks/induction_heads.py            # about 8 minutes on two cores
     python benchmarks/induction_heads.py --quick    # seconds: the pipeline only (CI)
     python benchmarks/induction_heads.py --set n_head=4 --set steps=6000   # a variant
 
