@@ -157,54 +157,33 @@
   // ---- the decoder: one token through every layer (pyllm.backend.numpy.Decoder) -------------
   function Decoder() {
     const f = (n) => new Float32Array(n);
-    this.x = f(C); this.x2 = f(C); this.h = f(C); this.att = f(C);
-    this.qkv = f(3 * C); this.fc = f(4 * C); this.fcg = f(4 * C); this.logits = f(V);
+    this.h = f(C); this.logits = f(V);
+    this.rows = { x: f(MAXT * C), x2: f(MAXT * C), h: f(MAXT * C), att: f(MAXT * C),   // (T, .)
+                  qkv: f(MAXT * 3 * C), fc: f(MAXT * 4 * C), fcg: f(MAXT * 4 * C) };
     this.kcache = []; this.vcache = [];                      // L x (NH, maxT, hd)
     for (let i = 0; i < L; i++) { this.kcache.push(f(NH * MAXT * HD)); this.vcache.push(f(NH * MAXT * HD)); }
     this.record = null;                                      // attention(ids): [L][NH][T][T]
   }
 
-  // Run token tok at position pos (0 <= pos < maxT); the cache must hold positions 0..pos-1.
-  // Returns the logits (V), in a buffer the next step overwrites.
-  Decoder.prototype.step = function (tok, pos) {
-    const x = this.x, x2 = this.x2, h = this.h;
-    encoder_forward(x, tok, W["wte.weight"], W["wpe.weight"], pos);
-    for (let i = 0; i < L; i++) {
-      const p = "h." + i + ".";
-      layernorm_forward(h, x, W[p + "ln_1.weight"], W[p + "ln_1.bias"]);
-      matmul_forward(this.qkv, h, W[p + "attn.c_attn.weight"], W[p + "attn.c_attn.bias"], null, C, 3 * C);
-      attention_decode(this.att, this.kcache[i], this.vcache[i], this.qkv, pos,
-                       this.record ? this.record[i].map((head) => head[pos]) : null);
-      matmul_forward(x2, this.att, W[p + "attn.c_proj.weight"], W[p + "attn.c_proj.bias"], x, C, C);
-      layernorm_forward(h, x2, W[p + "ln_2.weight"], W[p + "ln_2.bias"]);
-      matmul_forward(this.fc, h, W[p + "mlp.c_fc.weight"], W[p + "mlp.c_fc.bias"], null, C, 4 * C);
-      gelu_forward(this.fcg, this.fc, 4 * C);
-      matmul_forward(x, this.fcg, W[p + "mlp.c_proj.weight"], W[p + "mlp.c_proj.bias"], x2, 4 * C, C);
-    }
-    layernorm_forward(h, x, W["ln_f.weight"], W["ln_f.bias"]);
-    gemm_head(this.logits, h, W["wte.weight"]);
-    return this.logits;
-  };
-
-  // Logits after ids, from an empty cache: the ids at positions 0..T-1 (T <= maxT), all T
-  // positions a layer at a time (the rows of each matmul together), then the head for the last
-  // one. Every value equals what step() would give it at its position.
-  Decoder.prototype.prefill = function (ids) {
-    const T = ids.length, f = (n) => new Float32Array(n);
-    if (!this.rows) this.rows = { x: f(MAXT * C), x2: f(MAXT * C), h: f(MAXT * C), att: f(MAXT * C),
-                                  qkv: f(MAXT * 3 * C), fc: f(MAXT * 4 * C), fcg: f(MAXT * 4 * C) };
-    const R = this.rows, row = (a, t, n) => a.subarray(t * n, (t + 1) * n);
+  // Run ids at positions pos0..pos0+T-1 (pos0 + T <= maxT) through every layer, a layer at a
+  // time over all T rows (four rows share each weight read), then the head for the last row.
+  // The cache must hold positions 0..pos0-1; it gains the T new ones. Returns the logits (V), in
+  // a buffer the next call overwrites. Every row's values are the same whatever T is.
+  Decoder.prototype.forward = function (ids, pos0) {
+    const T = ids.length, R = this.rows, row = (a, t, n) => a.subarray(t * n, (t + 1) * n);
     const layernorm_rows = (out, inp, w, b) => {
       for (let t = 0; t < T; t++) layernorm_forward(row(out, t, C), row(inp, t, C), w, b);
     };
-    for (let t = 0; t < T; t++) encoder_forward(row(R.x, t, C), ids[t], W["wte.weight"], W["wpe.weight"], t);
+    for (let t = 0; t < T; t++) encoder_forward(row(R.x, t, C), ids[t], W["wte.weight"], W["wpe.weight"], pos0 + t);
     for (let i = 0; i < L; i++) {
       const p = "h." + i + ".";
       layernorm_rows(R.h, R.x, W[p + "ln_1.weight"], W[p + "ln_1.bias"]);
       matmul_forward_rows(R.qkv, R.h, W[p + "attn.c_attn.weight"], W[p + "attn.c_attn.bias"], null, T, C, 3 * C);
-      for (let t = 0; t < T; t++)                            // position t sees the cache 0..t
-        attention_decode(row(R.att, t, C), this.kcache[i], this.vcache[i], row(R.qkv, t, 3 * C), t,
-                         this.record ? this.record[i].map((head) => head[t]) : null);
+      for (let t = 0; t < T; t++) {                          // position pos0+t sees the cache 0..pos0+t
+        const pos = pos0 + t;
+        attention_decode(row(R.att, t, C), this.kcache[i], this.vcache[i], row(R.qkv, t, 3 * C), pos,
+                         this.record ? this.record[i].map((head) => head[pos]) : null);
+      }
       matmul_forward_rows(R.x2, R.att, W[p + "attn.c_proj.weight"], W[p + "attn.c_proj.bias"], R.x, T, C, C);
       layernorm_rows(R.h, R.x2, W[p + "ln_2.weight"], W[p + "ln_2.bias"]);
       matmul_forward_rows(R.fc, R.h, W[p + "mlp.c_fc.weight"], W[p + "mlp.c_fc.bias"], null, T, C, 4 * C);
@@ -215,6 +194,12 @@
     gemm_head(this.logits, this.h, W["wte.weight"]);
     return this.logits;
   };
+
+  // One decode step: token tok at position pos, with the cache holding positions 0..pos-1.
+  Decoder.prototype.step = function (tok, pos) { return this.forward([tok], pos); };
+
+  // Logits after ids from an empty cache (T <= maxT).
+  Decoder.prototype.prefill = function (ids) { return this.forward(ids, 0); };
 
   // ---- sampling: pyllm.rng.RNG (PCG32) and pyllm.model.sample_token --------------------------
   const MASK64 = (1n << 64n) - 1n, MULT = 6364136223846793005n;
